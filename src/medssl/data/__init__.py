@@ -1,0 +1,1 @@
+"""Data layer: image readers, records and manifests, patient-level splits, augmentations, synthetic data."""
