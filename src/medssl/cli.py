@@ -1,0 +1,202 @@
+"""`medssl` command line: one function per sub-command. Bad input ends in one line and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from medssl import __version__
+from medssl.errors import MedsslError
+
+EXIT_BAD_INPUT = 2
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _print_bad(bad: list[tuple[str, str]]) -> None:
+    if bad:
+        print(f"skipped {len(bad)} unreadable image(s):", file=sys.stderr)
+        for _, msg in bad:
+            print(f"  {msg}", file=sys.stderr)
+
+
+def cmd_data_synth(args: argparse.Namespace) -> int:
+    """Write synthetic chest radiographs with masks, reports and a manifest."""
+    from medssl.data.synthetic import write_synthetic
+
+    manifest = write_synthetic(args.out, args.patients, args.size, args.seed, progress=not args.quiet)
+    print(f"wrote synthetic chest radiographs for {args.patients} patients ({args.size} px) and {manifest}")
+    return 0
+
+
+def cmd_data_index(args: argparse.Namespace) -> int:
+    """Walk a folder of images and write a manifest."""
+    from medssl.data.records import write_manifest
+    from medssl.data.sources import MANIFEST, index_folder
+
+    records, bad = index_folder(args.dir, skip_bad=args.skip_bad, patients_csv=args.patients,
+                                labels_from_folders=args.labels_from_folders, verify=not args.no_verify,
+                                progress=not args.quiet)
+    out = Path(args.out) if args.out else Path(args.dir) / MANIFEST
+    write_manifest(records, out)
+    _print_bad(bad)
+    own = sum(r.patient_id == Path(r.path).relative_to(Path(args.dir)).as_posix() for r in records)
+    print(f"indexed {len(records)} image(s) from {len({r.path for r in records})} file(s) -> {out}")
+    if own:
+        print(f"note: {own} image(s) had no patient id (no DICOM PatientID, not in --patients CSV): each is its own "
+              f"patient, so patient-level splits cannot keep their other images together", file=sys.stderr)
+    return 0
+
+
+def _load(source: str | None, skip_bad: bool, quiet: bool, tmp: str) -> tuple[list, list, str]:
+    from medssl.data.sources import check_images, load_source
+    from medssl.data.synthetic import write_synthetic
+
+    if source is None:
+        manifest = write_synthetic(Path(tmp) / "synthetic", 40, 64, 0, progress=False)
+        source = "built-in synthetic chest radiographs (40 patients, 64 px, seed 0)"
+        records, bad = load_source(manifest, progress=not quiet)
+        return records, bad, source
+    records, bad = load_source(source, skip_bad=skip_bad, progress=not quiet)
+    if skip_bad:
+        n = len(records)
+        records, more = check_images(records, skip_bad=True, progress=not quiet)
+        bad = bad + more
+        if not records:
+            raise MedsslError(f"{source}: none of its {n} image(s) could be read (first: {more[0][1]})")
+    return records, bad, source
+
+
+def cmd_data_info(args: argparse.Namespace) -> int:
+    """Summarise a data source: counts, patients, views, label balance, image sizes, reports."""
+    from medssl.data.summary import format_summary, summarize
+
+    with tempfile.TemporaryDirectory() as tmp:
+        records, bad, name = _load(args.source, args.skip_bad, args.quiet, tmp)
+        summary = summarize(records, progress=not args.quiet)
+    if summary["unreadable"] and not args.skip_bad:
+        first = summary["unreadable"][0]["error"]
+        raise MedsslError(f"{first} ({len(summary['unreadable'])} unreadable file(s); --skip-bad lists them all)")
+    summary["skipped"] = [{"path": p, "error": e} for p, e in bad]
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=2))
+    print(format_summary(summary, name))
+    _print_bad(bad)
+    return 0
+
+
+def cmd_data_split(args: argparse.Namespace) -> int:
+    """Assign patient-level train/val/test splits (and label-fraction columns) and write a manifest."""
+    from medssl.data.records import write_manifest
+    from medssl.data.splits import assign_splits, by_split, label_fraction
+    from medssl.data.summary import format_summary, summarize
+
+    with tempfile.TemporaryDirectory() as tmp:
+        records, bad, name = _load(args.source, args.skip_bad, args.quiet, tmp)
+        if args.keep_existing and all(r.split for r in records):
+            split_records = records
+        else:
+            split_records = assign_splits(records, args.fractions, args.seed, stratify=not args.no_stratify)
+        parts = by_split(split_records)  # raises on a patient in two splits
+        train = parts["train"]
+        for frac in args.label_fractions:
+            chosen = {r.key for r in label_fraction(train, frac, args.seed)}
+            for r in split_records:
+                r.extra[f"frac_{frac:g}"] = "1" if r.key in chosen else ("0" if r.split == "train" else "")
+        out = write_manifest(split_records, args.out)
+        print(format_summary(summarize(split_records, progress=False), f"{name} -> {out}"))
+    for frac in args.label_fractions:
+        n = sum(r.extra.get(f"frac_{frac:g}") == "1" for r in split_records)
+        print(f"  label fraction {frac:g}: {n} training image(s) in column frac_{frac:g}")
+    _print_bad(bad)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Run the pipeline on built-in synthetic data and write a run report."""
+    from medssl.pipeline import run_demo
+
+    run_demo(Path(args.out), patients=args.patients, size=args.size, seed=args.seed, progress=not args.quiet)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every sub-command."""
+    p = argparse.ArgumentParser(prog="medssl", description="Label-efficient medical imaging.")
+    p.add_argument("--version", action="version", version=f"medssl {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="run the pipeline on built-in synthetic data, write an HTML run report")
+    demo.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
+    demo.add_argument("--patients", type=int, default=120)
+    demo.add_argument("--size", type=int, default=64)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    demo.set_defaults(func=cmd_demo)
+
+    data = sub.add_parser("data", help="synthesise, index, inspect and split data").add_subparsers(
+        dest="data_command", required=True)
+    synth = data.add_parser("synth", help="write synthetic chest radiographs, masks, reports and manifest.csv")
+    synth.add_argument("out")
+    synth.add_argument("--patients", type=int, default=100)
+    synth.add_argument("--size", type=int, default=64)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.set_defaults(func=cmd_data_synth)
+
+    index = data.add_parser("index", help="walk a folder of images (PNG/JPEG/TIFF/DICOM/NIfTI), write manifest.csv")
+    index.add_argument("dir")
+    index.add_argument("--out", help="manifest path (default DIR/manifest.csv)")
+    index.add_argument("--patients", help="CSV with path or filename + patient_id/study_id/view/labels/report")
+    index.add_argument("--labels-from-folders", action="store_true", help="label = name of the image's folder")
+    index.add_argument("--no-verify", action="store_true", help="read headers only, do not decode every image")
+    index.set_defaults(func=cmd_data_index)
+
+    info = data.add_parser("info", help="summarise a data source (default: built-in synthetic data)")
+    info.add_argument("source", nargs="?", help="manifest .csv, folder, .npz or image file")
+    info.add_argument("--json", help="also write the summary as JSON here")
+    info.set_defaults(func=cmd_data_info)
+
+    split = data.add_parser("split", help="patient-level stratified train/val/test split -> manifest")
+    split.add_argument("source", nargs="?", help="manifest .csv, folder, .npz (default: built-in synthetic data)")
+    split.add_argument("--out", required=True, help="manifest to write")
+    split.add_argument("--fractions", type=_floats, default=[0.7, 0.1, 0.2], help="train,val,test (default 0.7,0.1,0.2)")
+    split.add_argument("--label-fractions", type=_floats, default=[], help="e.g. 0.01,0.1: nested training subsets")
+    split.add_argument("--seed", type=int, default=0)
+    split.add_argument("--no-stratify", action="store_true")
+    split.add_argument("--keep-existing", action="store_true", help="keep splits the source already has (MedMNIST)")
+    split.set_defaults(func=cmd_data_split)
+
+    for sp in (synth, index, info, split):
+        sp.add_argument("--quiet", action="store_true", help="no progress bars")
+    for sp in (index, info, split):
+        sp.add_argument("--skip-bad", action="store_true", help="go on past unreadable images and list them")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: parse, run, and turn bad input into one line on stderr with exit code 2."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except MedsslError as e:
+        print(f"medssl: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as e:  # unwritable output folder, disk full: name the file
+        print(f"medssl: error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("medssl: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""`medssl data ...` and `medssl demo` end to end, run in-process through main([...])."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pydicom.data
+import pytest
+from PIL import Image
+
+from conftest import shared_file
+from medssl.data.records import read_manifest
+
+PYDICOM_FILES = Path(pydicom.data.__file__).parent / "test_files"
+
+
+def one_error_line(err: str, *must_contain: str) -> None:
+    """Bad input ends in exactly one line on stderr, no traceback, naming what is wrong."""
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("medssl: error: ") and "Traceback" not in err
+    for text in must_contain:
+        assert text in lines[0], lines[0]
+
+
+def _png_folder(root: Path, n: int = 6) -> Path:
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        sub = root / ("normal" if i % 2 else "pneumonia")
+        sub.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((rng.random((20, 24)) * 255).astype(np.uint8)).save(sub / f"img{i}.png")
+    return root
+
+
+def test_synth_info_split_round_trip(cli, tmp_path):
+    code, out, _ = cli("data", "synth", tmp_path / "s", "--patients", 10, "--size", 32, "--quiet")
+    assert code == 0 and "manifest.csv" in out
+    code, out, _ = cli("data", "info", tmp_path / "s", "--json", tmp_path / "info.json", "--quiet")
+    info = json.loads((tmp_path / "info.json").read_text())
+    assert code == 0 and info["patients"] == 10 and info["image_sizes"] == {"32x32": info["images"]}
+    assert info["images"] == 2 * info["studies"]  # a frontal and a lateral view per study
+    assert info["reports"]["present"] == info["images"] and "patients" in out
+    code, out, _ = cli("data", "split", tmp_path / "s", "--out", tmp_path / "split.csv",
+                       "--label-fractions", "0.1,0.5", "--seed", 1, "--quiet")
+    assert code == 0
+    recs = read_manifest(tmp_path / "split.csv")
+    by_patient = {}
+    for r in recs:
+        by_patient.setdefault(r.patient_id, set()).add(r.split)
+    assert all(len(s) == 1 for s in by_patient.values())  # no patient in two splits
+    small = {r.key for r in recs if r.extra["frac_0.1"] == "1"}
+    large = {r.key for r in recs if r.extra["frac_0.5"] == "1"}
+    assert small and small <= large <= {r.key for r in recs if r.split == "train"}
+
+
+def test_info_without_source_uses_builtin_synthetic(cli):
+    code, out, _ = cli("data", "info", "--quiet")
+    assert code == 0 and "built-in synthetic" in out and "cardiomegaly" in out
+
+
+def test_index_png_folder_with_patient_csv_and_folder_labels(cli, tmp_path):
+    root = _png_folder(tmp_path / "imgs")
+    side = tmp_path / "patients.csv"
+    with side.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["filename", "patient_id", "view"])
+        for i in range(6):
+            w.writerow([f"img{i}.png", f"P{i // 2}", "PA"])
+    code, out, err = cli("data", "index", root, "--patients", side, "--labels-from-folders", "--quiet")
+    assert code == 0, err
+    recs = read_manifest(root / "manifest.csv")
+    assert len(recs) == 6 and {r.patient_id for r in recs} == {"P0", "P1", "P2"}
+    assert {r.labels for r in recs} == {("normal",), ("pneumonia",)} and {r.view for r in recs} == {"PA"}
+
+
+def test_index_dicom_folder_takes_ids_from_tags(cli, tmp_path):
+    root = tmp_path / "dcm"
+    root.mkdir()
+    for name in ("CT_small.dcm", "MR_small.dcm"):
+        shutil.copy(PYDICOM_FILES / name, root / name)
+    shutil.copy(PYDICOM_FILES / "MR_small.dcm", root / "no_suffix")  # DICOM recognised by content
+    code, _, err = cli("data", "index", root, "--quiet")
+    assert code == 0, err
+    recs = read_manifest(root / "manifest.csv")
+    assert len(recs) == 3
+    ct = next(r for r in recs if r.path.endswith("CT_small.dcm"))
+    assert ct.patient_id == str(pydicom.dcmread(PYDICOM_FILES / "CT_small.dcm").PatientID)
+
+
+def test_corrupt_image_fails_with_one_line_and_skip_bad_goes_on(cli, tmp_path):
+    root = _png_folder(tmp_path / "imgs")
+    good = (root / "normal" / "img1.png").read_bytes()
+    (root / "normal" / "broken.png").write_bytes(good[: len(good) // 2])  # truncated
+    code, _, err = cli("data", "index", root, "--quiet")
+    assert code == 2
+    one_error_line(err, "broken.png")
+    code, out, err = cli("data", "index", root, "--skip-bad", "--quiet")
+    assert code == 0 and "skipped 1 unreadable image" in err and "broken.png" in err
+    assert len(read_manifest(root / "manifest.csv")) == 6
+
+
+@pytest.mark.parametrize(
+    "name, setup, args, expect",
+    [
+        ("empty", lambda p: p.mkdir(), ("data", "index", "{p}"), "no images found"),
+        ("x.bmp", lambda p: p.write_bytes(b"BM" + bytes(100)), ("data", "info", "{p}"), "not a data source"),
+        ("m.csv", lambda p: p.write_text("path,patientid\na.png,P1\n"), ("data", "info", "{p}"), "'patientid' looks"),
+        ("m.csv", lambda p: p.write_text("path,patient_id\na.png,P1\na.png,P2\n"), ("data", "info", "{p}"),
+         "duplicate path"),
+        ("m.csv", lambda p: p.write_text("path,patient_id,labels\na.png,P1,0.25\n"), ("data", "info", "{p}"),
+         "'0.25'"),
+        ("out", lambda p: None, ("data", "synth", "{p}", "--patients", "0"), "0"),
+        ("s.csv", lambda p: None, ("data", "split", "--out", "{p}", "--fractions", "0.5,0.6,0.1"), "split fractions"),
+        ("nope", lambda p: None, ("data", "info", "{p}"), "no such file"),
+    ],
+    ids=["empty-folder", "unsupported-format", "misspelt-column", "duplicate-paths", "label-type",
+         "bad-patient-count", "bad-fractions", "missing-path"],
+)
+def test_bad_input_is_one_line_and_exit_2(cli, tmp_path, name, setup, args, expect):
+    target = tmp_path / name
+    setup(target)
+    code, _, err = cli(*[a.format(p=target) for a in args], "--quiet")
+    assert code == 2
+    one_error_line(err, expect)
+
+
+def test_manifest_pointing_at_missing_images(cli, tmp_path):
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "ok.png")
+    (tmp_path / "m.csv").write_text("path,patient_id\nok.png,P1\nmissing.png,P2\n")
+    code, out, err = cli("data", "info", tmp_path / "m.csv", "--quiet")
+    assert code == 2
+    one_error_line(err, "missing.png: no such file", "--skip-bad")
+    code, out, err = cli("data", "info", tmp_path / "m.csv", "--skip-bad", "--quiet")
+    assert code == 0 and "missing.png" in err and "images    1" in out
+    (tmp_path / "m.csv").write_text("path,patient_id\nmissing.png,P2\n")
+    code, out, err = cli("data", "info", tmp_path / "m.csv", "--skip-bad", "--quiet")
+    assert code == 2
+    one_error_line(err, "none of its 1 image(s) could be read", "missing.png")
+
+
+def test_demo_writes_summary_plots_and_html(cli, tmp_path):
+    code, out, err = cli("demo", "--out", tmp_path / "run", "--patients", 12, "--size", 32, "--quiet")
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["data"]["patients"] == 12 and len(metrics["label_fractions"]) == 3
+    html = (tmp_path / "run" / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 2 and "synthetic" in html
+    assert "[demo]" in out
+    # a second run into the same folder replaces the earlier demo; a foreign non-empty folder is refused
+    assert cli("demo", "--out", tmp_path / "run", "--patients", 12, "--size", 32, "--quiet")[0] == 0
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "precious.txt").write_text("x")
+    code, _, err = cli("demo", "--out", tmp_path / "other", "--quiet")
+    assert code == 2 and (tmp_path / "other" / "precious.txt").exists()
+
+
+def test_info_on_real_pneumoniamnist(cli, tmp_path):
+    path = shared_file("pneumoniamnist_28.npz")
+    code, out, _ = cli("data", "info", path, "--json", tmp_path / "i.json", "--quiet")
+    info = json.loads((tmp_path / "i.json").read_text())
+    assert code == 0 and info["images"] == 4708 + 524 + 624
+    assert info["splits"] == {"train": 4708, "val": 524, "test": 624}
+    assert info["classes"] == ["normal", "pneumonia"] and info["image_sizes"] == {"28x28": 5856}
+    # the official training split is about 3:1 pneumonia:normal
+    train = info["label_counts"]["train"]
+    assert 2.5 < train["pneumonia"] / train["normal"] < 3.2
+
+
+def test_info_and_split_on_real_covid_set(cli, tmp_path):
+    path = shared_file("covid_cxr_224.npz")
+    code, out, _ = cli("data", "info", path, "--json", tmp_path / "i.json", "--quiet")
+    info = json.loads((tmp_path / "i.json").read_text())
+    assert code == 0 and info["images"] == 575 and info["patients"] == 313
+    assert info["patients_with_2plus_images"] == 144 and info["views"]["L"] == 44
+    code, _, err = cli("data", "split", path, "--out", tmp_path / "split.csv", "--quiet")
+    assert code == 0, err
+    recs = read_manifest(tmp_path / "split.csv")
+    splits_of = {}
+    for r in recs:
+        splits_of.setdefault(r.patient_id, set()).add(r.split)
+    assert all(len(s) == 1 for s in splits_of.values())
