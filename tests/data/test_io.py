@@ -20,7 +20,7 @@ from PIL import Image
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, get_decoder
 from pydicom.uid import JPEG2000Lossless
 
-from medssl.data import io
+from medssl.data import dicom, io
 from medssl.data.io import (META_KEYS, NpzArrays, image_format, npz_image, read_dicom, read_header, read_image,
                             read_nifti, read_npz, read_png_jpeg_tiff)
 from medssl.errors import ImageReadError
@@ -245,7 +245,7 @@ def test_read_header_does_not_decode_pixels(monkeypatch):
     def no_decoding(*args, **kwargs):
         raise AssertionError("read_header decoded pixels")
 
-    monkeypatch.setattr(io, "pixel_array", no_decoding)
+    monkeypatch.setattr(dicom, "pixel_array", no_decoding)  # the DICOM reader lives in dicom.py
     path = PYDICOM_DATA / "RG1_UNCR.dcm"
     read_header(path)  # warm the file cache
     start = time.perf_counter()
