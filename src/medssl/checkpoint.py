@@ -1,0 +1,211 @@
+"""Checkpoints: atomic save, checked load, weights-only init, and export of the backbone alone.
+
+A checkpoint is one torch file holding the model state (MoCo's queue included: it is a buffer), optimiser,
+scheduler, the position in training (step, epoch, next batch of that epoch), every process's RNG states, the
+resolved config, the medssl version and the git commit. It is written to a temporary file in the same folder,
+fsynced and renamed over the old one, so a crash or a kill never leaves a partial `last.pt`. Everything in it is
+plain data and tensors, so it loads with `torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import random
+import subprocess
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from medssl import __version__
+from medssl.errors import MedsslError
+
+CHECKPOINT_DIR = "checkpoints"
+LAST = "last.pt"
+EXPORT_FORMATS = ("safetensors", "torchscript", "onnx")
+
+
+def last_checkpoint(run_dir: str | os.PathLike) -> Path:
+    """run_dir/checkpoints/last.pt (whether or not it exists)."""
+    return Path(run_dir) / CHECKPOINT_DIR / LAST
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A checkpoint file from a run folder or a file path; MedsslError when there is none."""
+    path = Path(path)
+    if path.is_dir():
+        path = last_checkpoint(path)
+    if not path.is_file():
+        raise MedsslError(f"{path}: no such checkpoint file")
+    return path
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
+    """torch.save to a temporary file beside `path`, fsync, then rename over it: `path` is never partial."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:  # some file systems cannot fsync a folder; the data is already safe
+        pass
+    return path
+
+
+@functools.lru_cache(maxsize=1)
+def git_commit() -> str | None:
+    """The commit of the source tree medssl runs from, or None outside a git checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's Python, NumPy and torch RNG states as plain data (loadable with weights_only)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {"python": random.getstate(), "numpy": (name, keys.tolist(), pos, has_gauss, cached),
+                             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore what rng_state returned."""
+    random.setstate(_tuples(state["python"]))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _tuples(x: Any) -> Any:
+    """Lists back to tuples (random.setstate wants the exact nesting it gave)."""
+    return tuple(_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+def save_checkpoint(path: str | os.PathLike, *, model: nn.Module, optimizer: Any = None, scheduler: Any = None,
+                    step: int = 0, epoch: int = 0, batch: int = 0, rng: list[dict] | None = None,
+                    config: Mapping[str, Any] | None = None, extra: Mapping[str, Any] | None = None) -> Path:
+    """Write a checkpoint atomically. (epoch, batch) is where training continues: the next batch to run."""
+    return atomic_save({
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "step": step, "epoch": epoch, "batch": batch,
+        "rng": rng or [rng_state()],
+        "config": dict(config or {}),
+        "version": __version__, "git": git_commit(),
+        **dict(extra or {}),
+    }, path)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a checkpoint on CPU; MedsslError for a missing, truncated, corrupt or foreign file."""
+    path = resolve_checkpoint(path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # zip reader, unpickler and EOF errors all mean the same to the user
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise MedsslError(f"{path}: not a readable checkpoint (truncated or corrupt?): {first[:200]}") from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), Mapping):
+        raise MedsslError(f"{path}: not a medssl checkpoint (no model state in it)")
+    return ckpt
+
+
+def load_weights(module: nn.Module, state: Mapping[str, Tensor]) -> dict[str, list[str]]:
+    """Copy the tensors whose names and shapes match; report loaded, missing, unexpected and mismatched keys.
+
+    Tolerant on purpose (`--init`): a checkpoint of another method gives its backbone and leaves new heads as built.
+    """
+    own = module.state_dict()
+    matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    module.load_state_dict(matched, strict=False)
+    return {"loaded": sorted(matched), "missing": sorted(set(own) - set(matched)),
+            "unexpected": sorted(set(state) - set(own)),
+            "mismatched": sorted(k for k in state if k in own and own[k].shape != state[k].shape)}
+
+
+def backbone_from_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
+    """The trained backbone of a pretraining checkpoint (eval mode) and the run's config as a mapping."""
+    from medssl.config import from_dict
+    from medssl.pretrain import build_model  # late: pretrain imports train, which imports this module
+
+    ckpt = load_checkpoint(path)
+    try:
+        cfg = from_dict(ckpt["config"])
+    except MedsslError as e:
+        raise MedsslError(f"{resolve_checkpoint(path)}: its config is not a pretraining config: {e}") from None
+    model = build_model(cfg)
+    model.load_state_dict(ckpt["model"])
+    backbone = model.backbone.eval()
+    return backbone, ckpt["config"]
+
+
+def _example(config: Mapping[str, Any]) -> Tensor:
+    data = config["data"]
+    return torch.rand(2, data["channels"], data["size"], data["size"], generator=torch.Generator().manual_seed(0))
+
+
+def export(src: str | os.PathLike, fmt: str, out: str | os.PathLike) -> Path:
+    """Write the backbone alone as safetensors (state dict), TorchScript (traced) or ONNX; return the file."""
+    if fmt not in EXPORT_FORMATS:
+        raise MedsslError(f"export format {fmt!r} is not one of {', '.join(EXPORT_FORMATS)}")
+    backbone, config = backbone_from_checkpoint(src)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    example = _example(config)
+    if fmt == "safetensors":
+        _export_safetensors(backbone, config, out)
+    elif fmt == "torchscript":
+        with torch.no_grad():
+            torch.jit.save(torch.jit.trace(backbone, example), str(out))
+    else:
+        _export_onnx(backbone, example, out)
+    return out
+
+
+def _export_safetensors(backbone: nn.Module, config: Mapping[str, Any], out: Path) -> None:
+    try:
+        from safetensors.torch import save_file
+    except ImportError:
+        raise MedsslError("safetensors export needs the 'safetensors' package (pip install safetensors)") from None
+    state = {k: v.detach().contiguous() for k, v in backbone.state_dict().items()}
+    m, d = config["model"], config["data"]
+    # enough to rebuild the module with create_backbone before load_state_dict
+    meta = {"backbone": m["backbone"], "stem": str(m.get("stem") or ""), "patch_size": str(m.get("patch_size") or ""),
+            "depth": str(m.get("depth") or ""), "in_channels": str(d["channels"]), "image_size": str(d["size"]),
+            "feature_dim": str(getattr(backbone, "feature_dim", "")), "medssl_version": __version__}
+    save_file(state, str(out), metadata=meta)
+
+
+def _export_onnx(backbone: nn.Module, example: Tensor, out: Path) -> None:
+    try:
+        import onnx  # noqa: F401  (torch's exporter needs it; say so before torch fails deep inside)
+    except ImportError:
+        raise MedsslError("ONNX export needs the 'onnx' package (pip install onnx)") from None
+    with torch.no_grad():
+        torch.onnx.export(backbone, (example,), str(out), dynamo=False, input_names=["image"],
+                          output_names=["features"], dynamic_axes={"image": {0: "batch"}, "features": {0: "batch"}},
+                          opset_version=17)
