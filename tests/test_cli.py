@@ -16,6 +16,7 @@ from conftest import shared_file
 from medssl.data.records import read_manifest
 
 PYDICOM_FILES = Path(pydicom.data.__file__).parent / "test_files"
+SIMCLR = str(Path(__file__).resolve().parents[1] / "configs" / "simclr.yaml")
 
 
 def one_error_line(err: str, *must_contain: str) -> None:
@@ -183,3 +184,35 @@ def test_info_and_split_on_real_covid_set(cli, tmp_path):
     for r in recs:
         splits_of.setdefault(r.patient_id, set()).add(r.split)
     assert all(len(s) == 1 for s in splits_of.values())
+
+
+def test_pretrain_resume_and_export_from_the_command_line(cli, tmp_path):
+    run = tmp_path / "run"
+    common = ["--set", "train.steps=4", "--set", "data.synthetic_patients=6", "--set", "data.size=16",
+              "--set", "data.batch_size=8", "--set", "data.num_workers=0", "--set", "train.checkpoint_every=2",
+              "--quiet"]
+    code, out, err = cli("pretrain", "--config", SIMCLR, "--out", run, *common)
+    assert code == 0, err
+    assert "pretrained simclr (resnet18) for 4 steps" in out
+    assert json.loads((run / "metrics.json").read_text())["steps"] == 4
+    # a finished run continues only through --resume, with more steps
+    code, _, err = cli("pretrain", "--config", SIMCLR, "--out", run, *common)
+    assert code == 2
+    one_error_line(err, "--resume")
+    code, out, err = cli("pretrain", "--resume", run, "--set", "train.steps=6", "--quiet")
+    assert code == 0 and "for 6 steps" in out, err
+    code, out, err = cli("export", run, "--format", "torchscript")
+    assert code == 0 and (run / "backbone.pt").is_file(), err
+
+
+@pytest.mark.parametrize("args, expect", [
+    (("pretrain",), "needs --config"),
+    (("pretrain", "--config", SIMCLR, "--set", "optim.lr=-1"), "optim.lr=-1.0 must be positive"),
+    (("pretrain", "--config", "{tmp}/nope.yaml"), "nope.yaml"),
+    (("pretrain", "--resume", "{tmp}/absent"), "absent"),
+    (("export", "{tmp}/absent"), "absent"),
+])
+def test_pretrain_and_export_bad_input(cli, tmp_path, args, expect):
+    code, _, err = cli(*[a.format(tmp=tmp_path) for a in args], "--quiet" if args[0] == "pretrain" else "--format=onnx")
+    assert code == 2
+    one_error_line(err, expect)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -121,6 +122,41 @@ def cmd_data_split(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    """Self-supervised pretraining of an image encoder (SimCLR, MICLe, MoCo v2, BYOL, MAE)."""
+    from medssl.config import load_config
+    from medssl.pretrain import resume_config, run_pretrain
+
+    sets = list(args.set)
+    if args.resume:
+        if args.config or args.data:
+            raise MedsslError("--resume RUN_DIR continues that run with its own config and data; "
+                              "drop --config/--data (use --set to change e.g. train.steps)")
+        out, cfg = Path(args.resume), resume_config(args.resume, sets)
+    else:
+        if not args.config:
+            raise MedsslError("pretrain needs --config (e.g. configs/simclr.yaml) or --resume RUN_DIR")
+        if args.data:
+            sets.append(f"data.source={Path(args.data).resolve()}")
+        cfg = load_config(args.config, sets)
+        out = Path(args.out or f"runs/{cfg.method}")
+    metrics = run_pretrain(cfg, out, resume=bool(args.resume), init=args.init, progress=not args.quiet)
+    if os.environ.get("LOCAL_RANK", "0") == "0":  # under DDP every process runs this command
+        print(f"pretrained {cfg.method} ({cfg.model.backbone}) for {metrics['steps']} steps, final loss "
+              f"{metrics['final_loss']:.4f} -> {out}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write a run's backbone alone as safetensors, TorchScript or ONNX."""
+    from medssl.checkpoint import export
+
+    suffix = {"safetensors": ".safetensors", "torchscript": ".pt", "onnx": ".onnx"}[args.format]
+    out = Path(args.out) if args.out else Path(args.run) / f"backbone{suffix}"
+    print(f"wrote {export(args.run, args.format, out)}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the pipeline on built-in synthetic data and write a run report."""
     from medssl.pipeline import run_demo
@@ -142,6 +178,22 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=cmd_demo)
+
+    pre = sub.add_parser("pretrain", help="self-supervised pretraining: simclr, micle, moco, byol, mae")
+    pre.add_argument("--config", help="YAML config, e.g. configs/simclr.yaml")
+    pre.add_argument("--data", help="manifest .csv, folder or .npz (default: built-in synthetic data)")
+    pre.add_argument("--out", help="run folder (default runs/METHOD)")
+    pre.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.steps=200")
+    pre.add_argument("--resume", metavar="RUN_DIR", help="continue a run exactly where its last checkpoint left it")
+    pre.add_argument("--init", metavar="CKPT", help="start from earlier weights (run folder or checkpoint file)")
+    pre.add_argument("--quiet", action="store_true", help="no progress bars")
+    pre.set_defaults(func=cmd_pretrain)
+
+    exp = sub.add_parser("export", help="write a run's backbone as safetensors, TorchScript or ONNX")
+    exp.add_argument("run", help="run folder or checkpoint file")
+    exp.add_argument("--format", choices=["safetensors", "torchscript", "onnx"], default="safetensors")
+    exp.add_argument("--out", help="output file (default RUN/backbone.<ext>)")
+    exp.set_defaults(func=cmd_export)
 
     data = sub.add_parser("data", help="synthesise, index, inspect and split data").add_subparsers(
         dest="data_command", required=True)

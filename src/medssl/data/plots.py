@@ -42,7 +42,7 @@ def label_balance(summary: dict, path: str | os.PathLike) -> Path:
     """Horizontal bars: images per class, one bar group per split (from data.summary.summarize)."""
     classes = summary["classes"]
     splits = list(summary["label_counts"])
-    fig, ax = plt.subplots(figsize=(7, 0.35 * len(classes) * max(1, len(splits)) + 1.2))
+    fig, ax = plt.subplots(figsize=(7, 0.2 * len(classes) * max(1, len(splits)) + 1.5))
     height = 0.8 / max(1, len(splits))
     y = np.arange(len(classes))
     for k, split in enumerate(splits):
