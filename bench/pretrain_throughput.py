@@ -62,8 +62,8 @@ def train_flops_per_image(model: torch.nn.Module, batch: dict, batch_size: int) 
 
 
 def bare_loop(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches: list[dict], steps: int,
-              channels_last: bool) -> float:
-    """Images/s of the plainest loop: forward, backward, step, over batches already in memory."""
+              channels_last: bool, grad_clip: float | None = None) -> float:
+    """Images/s of the plainest loop doing the same work: forward, backward, clip (when the config clips), step."""
     model.train()
     n, t0 = 0, time.perf_counter()
     for i in range(steps):
@@ -71,6 +71,8 @@ def bare_loop(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches:
         loss = model(batch)["loss"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         optimizer.step()
         if hasattr(model, "on_step"):
             model.on_step(i, steps)
@@ -132,8 +134,9 @@ def main() -> None:
             model = model.to(memory_format=torch.channels_last)
         gflops_img = train_flops_per_image(model, to_device_format(batches[0], args.channels_last), args.batch)
         optimizer = make_optimizer(model, cfg.optim)
-        bare_loop(model, optimizer, batches, 1, args.channels_last)  # warm-up (allocator, oneDNN kernels)
-        bare_before = bare_loop(model, optimizer, batches, args.steps, args.channels_last)
+        clip = cfg.optim.grad_clip
+        bare_loop(model, optimizer, batches, 1, args.channels_last, clip)  # warm-up (allocator, oneDNN kernels)
+        bare_before = bare_loop(model, optimizer, batches, args.steps, args.channels_last, clip)
 
         torch.manual_seed(0)
         fit_model = build_model(cfg)
@@ -145,7 +148,7 @@ def main() -> None:
         rows = list(csv.DictReader((run / "log.csv").open()))
         fit_ips = _steady_rate(rows, args.batch) or result["images_per_s"]
         # bare again after fit: load from other processes that drifts during the run hits both sides alike
-        bare_after = bare_loop(model, optimizer, batches, args.steps, args.channels_last)
+        bare_after = bare_loop(model, optimizer, batches, args.steps, args.channels_last, clip)
     bare_ips = (bare_before + bare_after) / 2
     peak = max(peak_before, matmul_gflops())
     achieved = gflops_img * fit_ips
