@@ -29,7 +29,8 @@ from data_throughput import machine  # noqa: E402
 from medssl.config import load_config  # noqa: E402
 from medssl.data.synthetic import write_synthetic  # noqa: E402
 from medssl.pretrain import build_model, load_records, make_loader  # noqa: E402
-from medssl.train import fit, make_optimizer  # noqa: E402
+from medssl.optim import make_optimizer  # noqa: E402
+from medssl.train import fit  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

@@ -12,7 +12,7 @@ from medssl.checkpoint import load_checkpoint
 from medssl.config import load_config
 from medssl.errors import MedsslError
 from medssl.pretrain import load_records, resume_config, run_pretrain
-from medssl.train import lr_factor
+from medssl.optim import lr_factor
 
 TINY = ["data.size=16", "data.batch_size=8", "data.synthetic_patients=4", "data.num_workers=0", "model.stem=small",
         "train.epochs=null", "train.steps=3", "train.log_every=1", "train.checkpoint_every=2"]

@@ -25,7 +25,8 @@ from medssl.data.augment import preset
 from medssl.data.datasets import BatchDataset, EpochLoader, ImageDataset
 from medssl.errors import MedsslError
 from medssl.losses import nt_xent
-from medssl.train import LARS, fit, lr_factor
+from medssl.optim import LARS, lr_factor
+from medssl.train import fit
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 

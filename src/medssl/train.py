@@ -3,22 +3,23 @@ collapse monitor, NaN guard, and checkpoints that resume exactly.
 
 fit knows nothing of the model: a method is an nn.Module whose forward(batch) returns a dict with "loss" (other
 0-d tensors are logged), with an optional on_step(step, total_steps) called after every optimiser step (momentum
-encoders). Batches come from `make_loader(rank, world_size)`, which returns a BatchSource: len() batches per
+encoders), and an optional `lr_scales` dict (parameter-name prefix -> lr multiplier, e.g. {"backbone": 0.1} when
+fine-tuning). Batches come from `make_loader(rank, world_size)`, which returns a BatchSource: len() batches per
 epoch and epoch(e, start) iterating batches start.. of epoch e, each a pure function of (epoch, batch) - that is
 what lets a resumed run continue at the exact next batch (see medssl.data.datasets).
+An optional `Validation` scores the model every few steps, keeps the best weights and stops early (fine-tuning).
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import functools
 import math
-import os
 import random
 import sys
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -29,9 +30,12 @@ from lightning_fabric import Fabric
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from medssl.checkpoint import last_checkpoint, load_checkpoint, load_weights, rng_state, save_checkpoint, set_rng_state
-from medssl.config import OptimConfig, TrainConfig, to_dict
+from medssl.checkpoint import (atomic_save, last_checkpoint, load_checkpoint, load_weights, rng_state, save_checkpoint,
+                               set_rng_state)
+from medssl.config import TrainConfig, to_dict
 from medssl.errors import MedsslError
+from medssl.optim import lr_factor, make_optimizer
+from medssl.runlog import RunLog
 
 
 class BatchSource(Protocol):
@@ -43,69 +47,7 @@ class BatchSource(Protocol):
 
 
 MakeLoader = Callable[[int, int], BatchSource]  # (rank, world_size) -> this rank's batches
-LOG = "log.csv"
-FIRST_COLUMNS = ["step", "epoch", "loss", "lr", "images_per_s"]
-
-
-class RunLog:
-    """log.csv (one row per logged step, flushed at once) and TensorBoard when it is installed; rank 0 only."""
-
-    def __init__(self, run_dir: Path, enabled: bool):
-        self.path, self.enabled = Path(run_dir) / LOG, enabled
-        self.file: Any = None
-        self.writer: csv.DictWriter | None = None
-        self.tb: Any = None
-
-    def start(self, step: int) -> None:
-        """Keep the rows up to `step` (the checkpoint resumed from; none on a fresh start) and append after them."""
-        if not self.enabled:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        header, rows = _read_log(self.path) if step > 0 else ([], [])
-        tmp = self.path.with_name(f".{LOG}.tmp")
-        with open(tmp, "w", newline="") as f:  # rewritten whole and renamed: a kill never leaves half a log
-            if header:
-                csv.DictWriter(f, header).writeheader()
-                csv.DictWriter(f, header).writerows(r for r in rows if r["step"].isdigit() and int(r["step"]) <= step)
-        os.replace(tmp, self.path)
-        self.file = open(self.path, "a", newline="")
-        self.writer = csv.DictWriter(self.file, header, extrasaction="ignore", restval="") if header else None
-        try:  # optional: only when tensorboard is installed
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(self.path.parent / "tensorboard"))
-        except ImportError:
-            self.tb = None
-
-    def write(self, row: dict[str, Any]) -> None:
-        """Append one row; the header is fixed by the first row ever written to the file."""
-        if not self.enabled or self.file is None:
-            return
-        if self.writer is None:
-            header = FIRST_COLUMNS + sorted(k for k in row if k not in FIRST_COLUMNS)
-            self.writer = csv.DictWriter(self.file, header, extrasaction="ignore", restval="")
-            self.writer.writeheader()
-        self.writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()})
-        self.file.flush()
-        for k, v in row.items() if self.tb is not None else ():
-            if k not in ("step", "epoch"):
-                self.tb.add_scalar(k, v, row["step"])
-
-    def close(self) -> None:
-        """Close the files."""
-        for f in (self.file, self.tb):
-            if f is not None:
-                f.close()
-        self.file = self.tb = None
-
-
-def _read_log(path: Path) -> tuple[list[str], list[dict[str, str]]]:
-    if not path.is_file():
-        return [], []
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        rows = [r for r in reader if None not in r and None not in r.values()]  # drops a row cut short by a kill
-        return list(reader.fieldnames or []), rows
+BEST = "best.pt"  # beside last.pt: the best-scoring weights of a run with a Validation
 
 
 def make_fabric(train: TrainConfig) -> Fabric:
@@ -131,71 +73,60 @@ def launch_script(fabric: Fabric) -> bool:
     return launched(fabric)
 
 
-def lr_factor(step: int, warmup: int, total: int, schedule: str = "cosine", min_ratio: float = 0.0) -> float:
-    """Multiplier of the base lr at optimiser step `step` (0-based): linear warm-up to 1, then cosine to min_ratio."""
-    if step < warmup:
-        return (step + 1) / warmup
-    if schedule == "constant":
-        return 1.0
-    progress = min((step - warmup) / max(total - warmup, 1), 1.0)
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+@dataclass
+class Validation:
+    """Early stopping for fit: score(model) (higher is better) every `every` steps and at the end, on rank 0 in
+    eval mode without gradients; stop after `patience` scores without improvement (None: never stop early).
+    The model ends the run with the weights of the best score (also in run_dir/checkpoints/best.pt)."""
+
+    score: Callable[[nn.Module], float]
+    every: int
+    patience: int | None = None
 
 
-class LARS(torch.optim.Optimizer):
-    """SGD with momentum and layer-wise trust ratios (LARS, You et al. 2017; SimCLR's optimiser, Chen et al. 2020).
+class _EarlyStop:
+    """Validation state of a run: the curve, the best score, its step and weights (a CPU copy), scores since."""
 
-    update = lr * eta * ||w|| / ||g + wd w|| * (g + wd w), accumulated with momentum. Groups with lars=False
-    (biases and normalisation parameters) get plain momentum SGD: no adaptation, no weight decay.
-    """
+    def __init__(self, validation: Validation):
+        self.v = validation
+        self.curve: list[tuple[int, float]] = []
+        self.best, self.best_step, self.since, self.stopped = -math.inf, 0, 0, False
+        self.weights: dict[str, Tensor] | None = None
+        self.saved = True  # best.pt holds self.weights
 
-    def __init__(self, params: Iterable[Any], lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
-                 eta: float = 0.001):
-        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, lars=True))
+    def due(self, step: int, total: int) -> bool:
+        """Whether to score after this step."""
+        return step % self.v.every == 0 or step == total
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
-        """One update of every parameter that has a gradient."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                d = p.grad
-                if group["lars"]:
-                    d = d.add(p, alpha=group["weight_decay"])
-                    w_norm, d_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(d)
-                    trust = torch.where((w_norm > 0) & (d_norm > 0), group["eta"] * w_norm / d_norm, 1.0)
-                    d = d.mul(trust)
-                state = self.state[p]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = d.clone()
-                else:
-                    state["momentum_buffer"].mul_(group["momentum"]).add_(d)
-                p.add_(state["momentum_buffer"], alpha=-group["lr"])
-        return loss
+    def update(self, step: int, model: nn.Module) -> None:
+        """Score the model; keep its weights when the score is the best so far (NaN never is)."""
+        was_training = model.training
+        model.eval()
+        with torch.random.fork_rng(devices=[]), torch.no_grad():  # scoring leaves the run's random stream as it was
+            score = float(self.v.score(model))
+        model.train(was_training)
+        self.curve.append((step, score))
+        if score > self.best:
+            self.best, self.best_step, self.since, self.saved = score, step, 0, False
+            self.weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        else:
+            self.since += 1
+        self.stopped = self.v.patience is not None and self.since >= self.v.patience
 
+    def state(self) -> dict[str, Any]:
+        """Everything but the weights, as plain data for last.pt."""
+        return {"curve": self.curve, "best": self.best, "best_step": self.best_step, "since": self.since,
+                "stopped": self.stopped}
 
-def make_optimizer(model: nn.Module, optim: OptimConfig) -> torch.optim.Optimizer:
-    """AdamW, LARS or SGD; weight decay (and LARS adaptation) skip biases and normalisation parameters (ndim < 2)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim >= 2]
-    rest = [p for p in params if p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": optim.weight_decay},
-              {"params": rest, "weight_decay": 0.0, "lars": False}]
-    if optim.name == "lars":
-        return LARS(groups, lr=optim.lr, momentum=optim.momentum, eta=optim.lars_eta)
-    for g in groups:
-        g.pop("lars", None)
-    if optim.name == "sgd":
-        return torch.optim.SGD(groups, lr=optim.lr, momentum=optim.momentum)
-    return torch.optim.AdamW(groups, lr=optim.lr, betas=tuple(optim.betas))  # type: ignore[arg-type]
+    def metrics(self) -> dict[str, Any]:
+        """What fit reports."""
+        return {"best_step": self.best_step, "best_val": self.best, "val_curve": list(self.curve),
+                "stopped_early": self.stopped}
 
 
 def fit(model: nn.Module, make_loader: MakeLoader, cfg: Any, run_dir: str | Path, *, resume: bool = False,
-        init: str | Path | None = None, progress: bool = True, fabric: Fabric | None = None) -> dict[str, Any]:
+        init: str | Path | None = None, progress: bool = True, fabric: Fabric | None = None,
+        validation: Validation | None = None) -> dict[str, Any]:
     """Train `model` on batches from make_loader; return metrics (of rank 0).
 
     cfg: any dataclass with `optim` (OptimConfig) and `train` (TrainConfig), saved whole in checkpoints.
@@ -203,22 +134,23 @@ def fit(model: nn.Module, make_loader: MakeLoader, cfg: Any, run_dir: str | Path
     init: a checkpoint (or run folder) whose matching weights are loaded first (Azizi's two-stage pretraining).
     fabric: an already launched Fabric (pretrain launches script-based DDP before preparing data); else one is
     made from cfg.train and launched here (spawned DDP workers run the loop; their functions must pickle).
+    validation: score, keep the best weights and stop early; metrics then add best_step, best_val, val_curve.
     """
     fabric = fabric or make_fabric(cfg.train)
-    args = (model, make_loader, cfg, Path(run_dir), resume, init, progress)
+    args = (model, make_loader, cfg, Path(run_dir), resume, init, progress, validation)
     if launched(fabric):
         return _worker(fabric, *args)
     return fabric.launch(_worker, *args)
 
 
 def _worker(fabric: Fabric, model: nn.Module, make_loader: MakeLoader, cfg: Any, run_dir: Path, resume: bool,
-            init: str | Path | None, progress: bool) -> dict[str, Any]:
+            init: str | Path | None, progress: bool, validation: Validation | None = None) -> dict[str, Any]:
     """The loop in one process (rank)."""
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     loader = make_loader(fabric.global_rank, fabric.world_size)
     try:
-        return _Run(fabric, model, loader, cfg, run_dir, progress).run(resume, init)
+        return _Run(fabric, model, loader, cfg, run_dir, progress, validation).run(resume, init)
     finally:
         close = getattr(loader, "close", None)
         if close is not None:
@@ -229,8 +161,9 @@ class _Run:
     """State of one training run in one process: model, optimiser, schedule, position, log."""
 
     def __init__(self, fabric: Fabric, model: nn.Module, loader: BatchSource, cfg: Any, run_dir: Path,
-                 progress: bool):
+                 progress: bool, validation: Validation | None = None):
         self.fabric, self.loader, self.cfg, self.run_dir = fabric, loader, cfg, run_dir
+        self.early = _EarlyStop(validation) if validation is not None else None
         self.train, self.rank0 = cfg.train, fabric.global_rank == 0
         self.steps_per_epoch = len(loader)
         if self.steps_per_epoch < 1:
@@ -263,6 +196,8 @@ class _Run:
         if resume and path.is_file():
             self._resume(path)
         else:
+            if self.early is not None and self.rank0:  # a fresh run: an old run's best weights are not its own
+                path.with_name(BEST).unlink(missing_ok=True)
             seed = self.train.seed + self.fabric.global_rank  # ranks draw different masks / dropout
             random.seed(seed)
             np.random.seed(seed % 2**32)
@@ -280,13 +215,17 @@ class _Run:
                               f"{str(e).splitlines()[0][:300]}") from None
         self.scheduler.load_state_dict(ckpt["scheduler"])
         for group in self.optimizer.param_groups:  # this config's lr and schedule (a resume may extend the run)
-            group["initial_lr"] = self.cfg.optim.lr
-            group["lr"] = self.cfg.optim.lr * self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
-        self.scheduler.base_lrs = [self.cfg.optim.lr] * len(self.optimizer.param_groups)
+            group["initial_lr"] = self.cfg.optim.lr * group.get("lr_scale", 1.0)
+            group["lr"] = group["initial_lr"] * self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
+        self.scheduler.base_lrs = [g["initial_lr"] for g in self.optimizer.param_groups]
         self.step, self.epoch, self.batch = ckpt["step"], ckpt["epoch"], ckpt["batch"]
         if self.batch >= self.steps_per_epoch:  # fewer batches per epoch than when it was written
             self.epoch, self.batch = self.epoch + 1, 0
         set_rng_state(ckpt["rng"][self.fabric.global_rank % len(ckpt["rng"])])
+        if self.early is not None and "validation" in ckpt:
+            vars(self.early).update(ckpt["validation"])
+            best = path.with_name(BEST)
+            self.early.weights = load_checkpoint(best)["model"] if best.is_file() else None
         self.fabric.print(f"resumed {self.run_dir} at step {self.step} (epoch {self.epoch}, batch {self.batch})")
 
     def run(self, resume: bool, init: str | Path | None) -> dict[str, Any]:
@@ -298,11 +237,11 @@ class _Run:
                    file=sys.stderr, dynamic_ncols=True)
         self.model.train()
         try:
-            while self.step < self.total:
+            while self.step < self.total and not self._stopped():
                 before = self.step
                 for batch in self.loader.epoch(self.epoch, self.batch):
                     self._train_step(batch, bar)
-                    if self.step >= self.total:
+                    if self.step >= self.total or self._stopped():
                         break
                 if self.step == before:
                     raise MedsslError(f"epoch {self.epoch} gave no batch from batch {self.batch} on")
@@ -310,10 +249,10 @@ class _Run:
             bar.close()
             self.log.close()
         seconds = time.perf_counter() - t0
-        return {"steps": self.step, "steps_this_run": self.step - first, "epochs": self.step / self.steps_per_epoch,
-                "final_loss": self.last_loss, "images_per_s": self.images / seconds if seconds > 0 else 0.0,
-                "seconds": seconds, "world_size": self.fabric.world_size,
-                "checkpoint": str(last_checkpoint(self.run_dir))}
+        return {**self._restore_best(), "steps": self.step, "steps_this_run": self.step - first,
+                "epochs": self.step / self.steps_per_epoch, "final_loss": self.last_loss,
+                "images_per_s": self.images / seconds if seconds > 0 else 0.0, "seconds": seconds,
+                "world_size": self.fabric.world_size, "checkpoint": str(last_checkpoint(self.run_dir))}
 
     def _train_step(self, batch: dict[str, Tensor], bar: tqdm) -> None:
         """Forward, NaN guard, backward, clip, step, schedule, on_step; then log and checkpoint as due."""
@@ -339,10 +278,34 @@ class _Run:
         self.window = (self.window[0], self.window[1] + n)
         self.last_loss = loss
         bar.update(1)
-        if self.step % self.train.log_every == 0 or self.step == self.total:
+        if self.early is not None and self.early.due(self.step, self.total):
+            self._validate()
+        if self.step % self.train.log_every == 0 or self.step == self.total or self._stopped():
             self._log(out, loss, lr, bar)
-        if self.step % self.train.checkpoint_every == 0 or self.step == self.total:
+        if self.step % self.train.checkpoint_every == 0 or self.step == self.total or self._stopped():
             self._checkpoint()
+
+    def _stopped(self) -> bool:
+        return self.early is not None and self.early.stopped
+
+    def _validate(self) -> None:
+        """Rank 0 scores the model; every rank learns whether to stop, so all stop at the same step."""
+        assert self.early is not None
+        if self.rank0:
+            self.early.update(self.step, self.raw)
+        if self.fabric.world_size > 1:
+            self.early.stopped = bool(self.fabric.broadcast(self.early.stopped, src=0))
+
+    def _restore_best(self) -> dict[str, Any]:
+        """Load the best-scoring weights into the model (rank 0's, on every rank); the validation metrics."""
+        if self.early is None:
+            return {}
+        weights = self.early.weights
+        if self.fabric.world_size > 1:
+            weights = self.fabric.broadcast(weights, src=0)
+        if weights is not None:
+            self.raw.load_state_dict(weights)
+        return self.early.metrics()
 
     def _prepare(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         batch = self.fabric.to_device(batch)
@@ -378,6 +341,8 @@ class _Run:
         self.window = (now, 0)
         scalars = {k: float(v) for k, v in out.items()
                    if k != "loss" and isinstance(v, Tensor) and v.numel() == 1}
+        if self.early is not None:  # the latest score on every row: the log's columns are fixed by its first row
+            scalars["val"] = self.early.curve[-1][1] if self.early.curve else math.nan
         row = {"step": self.step, "epoch": self.epoch, "loss": loss, "lr": lr, "images_per_s": ips, **scalars}
         self.log.write(row)
         bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{ips:.0f}", refresh=False)
@@ -395,11 +360,19 @@ class _Run:
         if self.fabric.world_size > 1 and dist.is_initialized():
             states = [None] * self.fabric.world_size  # type: ignore[list-item]
             dist.all_gather_object(states, rng_state())
-        if self.rank0:
-            save_checkpoint(last_checkpoint(self.run_dir), model=self.raw, optimizer=self.optimizer,
-                            scheduler=self.scheduler, step=self.step, epoch=self.epoch, batch=self.batch,
-                            rng=states, config=_config_dict(self.cfg),
-                            extra={"world_size": self.fabric.world_size})
+        if not self.rank0:
+            return
+        extra: dict[str, Any] = {"world_size": self.fabric.world_size}
+        early = self.early
+        if early is not None:
+            extra["validation"] = early.state()
+            if early.weights is not None and not early.saved:  # best.pt first: last.pt may then point at it
+                atomic_save({"model": early.weights, "step": early.best_step, "score": early.best,
+                             "config": _config_dict(self.cfg)}, last_checkpoint(self.run_dir).with_name(BEST))
+                early.saved = True
+        save_checkpoint(last_checkpoint(self.run_dir), model=self.raw, optimizer=self.optimizer,
+                        scheduler=self.scheduler, step=self.step, epoch=self.epoch, batch=self.batch,
+                        rng=states, config=_config_dict(self.cfg), extra=extra)
 
 
 def _batch_rows(batch: dict[str, Any]) -> int:

@@ -144,3 +144,21 @@ def test_three_channels_and_bad_batch_sizes():
     assert ds[(0, 0)]["view1"].shape == (4, 3, 16, 16)
     with pytest.raises(MedsslError, match="larger than the 8 images"):
         BatchDataset(images, 16, ("image",), preset("none", 16))
+
+
+def test_targets_ride_along_with_their_images():
+    images = ImageDataset.from_array(_array(12))
+    y = np.arange(12) * 10                                        # target i is 10 * i: its image index, visibly
+    ds = BatchDataset(images, 4, ("image",), preset("chest_xray", 16), seed=1, targets=y)
+    batch = ds[(1, 2)]
+    assert torch.equal(batch["target"], batch["index"] * 10)
+    again = BatchDataset(images, 4, ("image",), preset("chest_xray", 16), seed=1, targets=y)[(1, 2)]
+    assert _batches_equal(batch, again)                           # still a pure function of its key
+    multilabel = np.eye(3, dtype=np.int64)[np.arange(12) % 3]
+    ds = BatchDataset(images, 4, ("image",), preset("none", 16), targets=multilabel, rank=1, world_size=2)
+    batch = ds[(0, 1)]
+    assert batch["target"].shape == (2, 3)
+    assert torch.equal(batch["target"], torch.from_numpy(multilabel)[batch["index"]])
+    assert "target" not in BatchDataset(images, 4, ("image",), preset("none", 16))[(0, 0)]
+    with pytest.raises(MedsslError, match="11 targets for 12 images"):
+        BatchDataset(images, 4, ("image",), preset("none", 16), targets=y[:11])

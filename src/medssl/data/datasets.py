@@ -1,4 +1,4 @@
-"""Datasets for pretraining: decoded images in memory, MICLe pairs, and whole augmented batches.
+"""Datasets for training: decoded images in memory, MICLe pairs, and whole augmented (optionally labelled) batches.
 
 Training batches are made whole in DataLoader workers (`BatchDataset`): item (epoch, k) is batch k of a seeded
 permutation for that epoch, augmented with a generator seeded from (seed, epoch, k, rank). A batch is therefore a
@@ -136,11 +136,12 @@ class BatchDataset(Dataset):
 
     keys: the method's batch keys, ("view1", "view2") for contrastive methods or ("image",) for MAE.
     pairs: MICLe partners; view2 then comes from another image of the same patient.
+    targets: labels, one row per image ((N,) or (N, C)), added to each batch as "target" (fine-tuning).
     """
 
     def __init__(self, images: ImageDataset, batch_size: int, keys: tuple[str, ...], augment: AugmentConfig,
                  seed: int = 0, rank: int = 0, world_size: int = 1, pairs: MultiInstanceDataset | None = None,
-                 channels: int = 1):
+                 channels: int = 1, targets: np.ndarray | Tensor | None = None):
         if batch_size % world_size:
             raise MedsslError(f"batch size {batch_size} is not a multiple of the {world_size} processes")
         if batch_size > len(images):
@@ -150,6 +151,9 @@ class BatchDataset(Dataset):
         self.images, self.batch_size, self.keys, self.seed = images, batch_size, keys, seed
         self.rank, self.world_size, self.pairs, self.channels = rank, world_size, pairs, channels
         self.local = batch_size // world_size
+        self.targets = None if targets is None else torch.as_tensor(np.asarray(targets))
+        if self.targets is not None and len(self.targets) != len(images):
+            raise MedsslError(f"{len(self.targets)} targets for {len(images)} images")
         self.augment = Augment(augment, seed)
         self._perm: tuple[int, np.ndarray] | None = None  # (epoch, permutation): one epoch cached per worker
 
@@ -177,6 +181,8 @@ class BatchDataset(Dataset):
         self.augment.generator.manual_seed(_derive_seed(self.seed, epoch, k, self.rank))
         x = self.images.batch(idx)                                     # (b, 1, S, S)
         out: dict[str, Tensor] = {"index": torch.from_numpy(idx.copy())}
+        if self.targets is not None:
+            out["target"] = self.targets[torch.from_numpy(idx)]
         if self.keys == ("image",):
             out["image"] = self._channels(self.augment(x))
             return out
