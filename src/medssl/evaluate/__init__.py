@@ -1,0 +1,1 @@
+"""Evaluation: linear probe, kNN, fine-tuning, metrics with confidence intervals, plots."""
