@@ -216,3 +216,27 @@ def test_pretrain_and_export_bad_input(cli, tmp_path, args, expect):
     code, _, err = cli(*[a.format(tmp=tmp_path) for a in args], "--quiet" if args[0] == "pretrain" else "--format=onnx")
     assert code == 2
     one_error_line(err, expect)
+
+
+def test_evaluate_end_to_end_on_synthetic_data(cli, tmp_path):
+    run = tmp_path / "pre"
+    code, _, err = cli("pretrain", "--config", SIMCLR, "--out", run, "--set", "train.steps=2", "--set",
+                       "data.synthetic_patients=6", "--set", "data.size=16", "--set", "data.batch_size=8",
+                       "--set", "data.num_workers=0", "--quiet")
+    assert code == 0, err
+    code, out, err = cli("evaluate", "--checkpoint", run, "--protocol", "linear,knn,finetune,segment",
+                         "--fractions", "0.5,1", "--seeds", 2, "--baseline", "scratch", "--finetune-steps", 3,
+                         "--n-boot", 50, "--quiet")
+    assert code == 0, err
+    res = json.loads((run / "evaluate" / "metrics.json").read_text())
+    assert set(res["summary"]) == {"linear", "knn", "finetune", "scratch", "segment", "segment_scratch"}
+    auc = res["summary"]["linear"]["1"]["roc_auc_macro"]
+    assert auc["n"] == 2 and len(auc["values"]) == 2 and 0 <= auc["mean"] <= 1
+    assert all("ci95" in r for r in res["runs"] if not r["protocol"].startswith("segment"))
+    html = (run / "evaluate" / "report.html").read_text()
+    for plot in ("Label efficiency", "ROC curves", "Confusion matrix", "t-SNE", "Grad-CAM", "Segmentation"):
+        assert plot in html, plot
+    assert "| protocol |" in (run / "evaluate" / "results.md").read_text() and "fine-tune (scratch)" in out
+    code, _, err = cli("evaluate", "--checkpoint", run, "--protocol", "linear,magic", "--quiet")
+    assert code == 2
+    one_error_line(err, "magic")

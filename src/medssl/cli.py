@@ -157,6 +157,27 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _protocols(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Linear probe, kNN, fine-tuning (and segmentation) at label fractions, against a scratch baseline."""
+    from medssl.evaluate.run import EvalOptions, run_evaluate
+
+    ckpt = Path(args.checkpoint)
+    out = Path(args.out) if args.out else (ckpt if ckpt.is_dir() else ckpt.parent.parent) / "evaluate"
+    opts = EvalOptions(checkpoint=args.checkpoint, data=args.data, out=out, protocols=tuple(args.protocol),
+                       fractions=tuple(args.fractions), seeds=args.seeds, baseline=args.baseline,
+                       finetune_steps=args.finetune_steps, segment_steps=args.finetune_steps, n_boot=args.n_boot,
+                       task=args.task, progress=not args.quiet)
+    metrics = run_evaluate(opts)
+    print((out / "results.md").read_text(), end="")
+    print(f"wrote {out / 'metrics.json'}, {out / 'results.md'} and {out / 'report.html'} "
+          f"in {metrics['seconds']:.0f} s")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the pipeline on built-in synthetic data and write a run report."""
     from medssl.pipeline import run_demo
@@ -194,6 +215,21 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--format", choices=["safetensors", "torchscript", "onnx"], default="safetensors")
     exp.add_argument("--out", help="output file (default RUN/backbone.<ext>)")
     exp.set_defaults(func=cmd_export)
+
+    ev = sub.add_parser("evaluate", help="linear probe, kNN and fine-tuning at label fractions vs a scratch baseline")
+    ev.add_argument("--checkpoint", required=True, help="pretraining run folder or checkpoint file")
+    ev.add_argument("--data", help="labelled source: manifest .csv, folder, .npz (default: built-in synthetic data)")
+    ev.add_argument("--protocol", type=_protocols, default=["linear", "knn", "finetune"],
+                    help="comma-separated: linear, knn, finetune, segment (default linear,knn,finetune)")
+    ev.add_argument("--fractions", type=_floats, default=[0.01, 0.1, 1.0], help="label fractions (default 0.01,0.1,1)")
+    ev.add_argument("--seeds", type=int, default=3)
+    ev.add_argument("--baseline", choices=["scratch"], default=None, help="also fine-tune from random initialisation")
+    ev.add_argument("--finetune-steps", type=int, default=300, help="budget of each fine-tuning run (default 300)")
+    ev.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the CIs (default 1000)")
+    ev.add_argument("--task", choices=["binary", "multiclass", "multilabel"], help="default: inferred from labels")
+    ev.add_argument("--out", help="results folder (default CHECKPOINT_RUN/evaluate)")
+    ev.add_argument("--quiet", action="store_true", help="no progress bars")
+    ev.set_defaults(func=cmd_evaluate)
 
     data = sub.add_parser("data", help="synthesise, index, inspect and split data").add_subparsers(
         dest="data_command", required=True)

@@ -1,0 +1,269 @@
+"""`medssl evaluate`: how much does pretraining buy when labels are scarce?
+
+For every seed and label fraction (patient-level, stratified, nested subsets of the training split, identical for
+every protocol), each protocol fits on the subset, picks what it picks on the validation split and is scored on
+the test split: linear probe and kNN on frozen features, fine-tuning end to end, and the same fine-tuning from
+random initialisation (the supervised baseline, same fractions and budget). Every number is reported as mean and
+standard deviation over seeds, with a 95 % patient-level bootstrap CI for each run.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from medssl.data.datasets import ImageDataset
+from medssl.data.records import Record
+from medssl.data.splits import assign_splits, by_split, label_fraction
+from medssl.errors import MedsslError
+from medssl.evaluate.tasks import Task, make_task, targets
+
+PROTOCOLS = ("linear", "knn", "finetune", "segment")
+HEADLINE = ("roc_auc_macro", "accuracy", "balanced_accuracy", "f1_macro")
+
+
+@dataclass
+class EvalOptions:
+    """What `medssl evaluate` runs."""
+
+    checkpoint: str
+    data: str | None = None
+    out: Path = Path("runs/evaluate")
+    protocols: tuple[str, ...] = ("linear", "knn", "finetune")
+    fractions: tuple[float, ...] = (0.01, 0.1, 1.0)
+    seeds: int = 3
+    baseline: str | None = "scratch"
+    finetune_steps: int = 300
+    finetune_batch: int = 64
+    segment_steps: int = 300
+    n_boot: int = 1000
+    synthetic_patients: int = 200
+    task: str | None = None
+    progress: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> "EvalOptions":
+        """Raise MedsslError naming the first bad value."""
+        bad = [p for p in self.protocols if p not in PROTOCOLS]
+        if bad or not self.protocols:
+            raise MedsslError(f"--protocol {','.join(self.protocols)}: each must be one of {', '.join(PROTOCOLS)}")
+        if not self.fractions or any(not 0 < f <= 1 for f in self.fractions):
+            raise MedsslError(f"--fractions {list(self.fractions)}: each must be in (0, 1]")
+        if self.seeds < 1:
+            raise MedsslError(f"--seeds {self.seeds} must be at least 1")
+        if self.baseline not in (None, "scratch"):
+            raise MedsslError(f"--baseline {self.baseline!r} must be 'scratch' or omitted")
+        for name in ("finetune_steps", "finetune_batch", "segment_steps", "n_boot"):
+            if getattr(self, name) < 1:
+                raise MedsslError(f"{name}={getattr(self, name)} must be positive")
+        return self
+
+
+@dataclass
+class EvalData:
+    """Records split by patient, their decoded images and targets."""
+
+    splits: dict[str, list[Record]]
+    images: dict[str, torch.Tensor]
+    y: dict[str, np.ndarray]
+    task: Task
+    size: int
+
+
+def load_backbone(checkpoint: str) -> tuple[nn.Module, dict[str, Any]]:
+    """The pretrained backbone (eval mode) and its run's config."""
+    from medssl.checkpoint import backbone_from_checkpoint
+
+    return backbone_from_checkpoint(checkpoint)
+
+
+def fresh_backbone(config: dict[str, Any], seed: int) -> nn.Module:
+    """The same architecture as the pretrained backbone, randomly initialised (the supervised baseline)."""
+    from medssl.models.backbones import create_backbone
+
+    m, d = config["model"], config["data"]
+    options = {k: m[k] for k in ("stem", "patch_size", "depth") if m.get(k) is not None}
+    torch.manual_seed(seed)
+    return create_backbone(m["backbone"], d["channels"], d["size"], **options)[0]
+
+
+def load_eval_data(opts: EvalOptions, size: int, channels: int) -> EvalData:
+    """Records (the source's own splits, else a seeded patient-level 70/10/20 split), images and targets."""
+    from medssl.data.sources import load_source
+    from medssl.data.synthetic import write_synthetic
+
+    source = opts.data
+    if source is None:
+        source = write_synthetic(opts.out / "data", opts.synthetic_patients, size, seed=1, progress=opts.progress)
+    records, _ = load_source(source, progress=opts.progress)
+    records = [r for r in records if r.labels]
+    if not records:
+        raise MedsslError(f"{source}: no labelled images: evaluation needs labels")
+    if not all(r.split for r in records):
+        records = assign_splits(records, (0.7, 0.1, 0.2), seed=0)
+    splits = by_split(records)
+    for name in ("train", "val", "test"):
+        if not splits.get(name):
+            raise MedsslError(f"{source}: the {name} split is empty")
+    task = make_task(splits["train"], opts.task)
+    images, y = {}, {}
+    for name in ("train", "val", "test"):
+        x = ImageDataset(splits[name], size, progress=opts.progress).images
+        images[name] = x.expand(-1, channels, -1, -1) if channels > 1 else x
+        y[name] = targets(splits[name], task)
+    return EvalData(splits, images, y, task, size)
+
+
+def subset_index(train: Sequence[Record], fraction: float, seed: int) -> np.ndarray:
+    """Row numbers (into the training split) of the label fraction for a seed."""
+    keep = {r.key for r in label_fraction(train, fraction, seed)}
+    return np.array([i for i, r in enumerate(train) if r.key in keep], dtype=np.int64)
+
+
+def score_run(y: np.ndarray, scores: np.ndarray, task: Task, groups: Sequence[str], n_boot: int,
+              seed: int) -> dict[str, Any]:
+    """Metrics of one run with patient-level bootstrap CIs of the headline metrics."""
+    from medssl.evaluate.metrics import bootstrap_ci, classification_metrics
+
+    m = classification_metrics(y, scores, task)
+    ci = bootstrap_ci(y, scores, task, groups, metrics=("roc_auc_macro", "accuracy"), n_boot=n_boot, seed=seed)
+    m["ci95"] = {k: [float(a), float(b)] for k, (a, b) in ci.items()}
+    return m
+
+
+class Evaluation:
+    """Runs every protocol x fraction x seed and keeps the per-run metrics and a few artefacts for plots."""
+
+    def __init__(self, opts: EvalOptions, backbone: nn.Module, config: dict[str, Any], data: EvalData):
+        self.opts, self.backbone, self.config, self.data = opts, backbone, config, data
+        self.runs: list[dict[str, Any]] = []  # one row per (protocol, fraction, seed)
+        self.artefacts: dict[str, Any] = {}
+        self.feature_dim = int(getattr(backbone, "feature_dim", 0))
+        self.features: dict[str, np.ndarray] = {}
+
+    def frozen_features(self) -> dict[str, np.ndarray]:
+        """Features of every split from the frozen backbone, checked to leave the backbone untouched."""
+        if not self.features:
+            from medssl.evaluate.features import extract_features
+            from medssl.evaluate.probe import backbone_fingerprint, sanity_check
+
+            before = backbone_fingerprint(self.backbone)
+            self.features = {k: extract_features(self.backbone, v) for k, v in self.data.images.items()}
+            sanity_check(self.backbone, before)
+        return self.features
+
+    def _record(self, protocol: str, fraction: float, seed: int, scores: np.ndarray, extra: dict) -> None:
+        d = self.data
+        groups = [r.patient_id for r in d.splits["test"]]
+        m = score_run(d.y["test"], scores, d.task, groups, self.opts.n_boot, seed)
+        self.runs.append({"protocol": protocol, "fraction": fraction, "seed": seed, **m, **extra})
+        key = (protocol, fraction)
+        if seed == 0:
+            self.artefacts.setdefault("scores", {})[key] = scores
+
+    def run_linear(self, fraction: float, seed: int, idx: np.ndarray) -> None:
+        """Logistic regression on frozen features; C chosen on the validation split."""
+        from medssl.evaluate.probe import linear_probe
+
+        f, d = self.frozen_features(), self.data
+        res = linear_probe(f["train"][idx], d.y["train"][idx], f["val"], d.y["val"], f["test"], d.task, seed=seed)
+        self._record("linear", fraction, seed, res.scores, {"C": res.C})
+        if seed == 0 and fraction == max(self.opts.fractions):
+            self.artefacts["probe"] = res
+
+    def run_knn(self, fraction: float, seed: int, idx: np.ndarray) -> None:
+        """Cosine kNN on frozen features."""
+        from medssl.evaluate.probe import knn_scores
+
+        f, d = self.frozen_features(), self.data
+        self._record("knn", fraction, seed, knn_scores(f["train"][idx], d.y["train"][idx], f["test"], d.task), {})
+
+    def run_finetune(self, fraction: float, seed: int, idx: np.ndarray, scratch: bool) -> None:
+        """End-to-end fine-tuning (through train.fit, early stopping on validation AUC); scratch = baseline."""
+        from medssl.evaluate.finetune import FinetuneConfig, finetune
+
+        d, o = self.data, self.opts
+        backbone = fresh_backbone(self.config, seed) if scratch else copy.deepcopy(self.backbone)
+        name = "scratch" if scratch else "finetune"
+        # a random backbone learns at the head's rate; a pretrained one at a tenth of it (the default)
+        scale = {"backbone_lr_scale": 1.0} if scratch else {}
+        cfg = FinetuneConfig(steps=o.finetune_steps, batch_size=min(o.finetune_batch, len(idx)), size=d.size,
+                             seed=seed, augment=self.config["data"].get("augment", "chest_xray"), **scale)
+        run_dir = o.out / "finetune" / f"{name}_f{fraction:g}_s{seed}"
+        model, history = finetune(backbone, self.feature_dim, d.images["train"][idx], d.y["train"][idx],
+                                  d.images["val"], d.y["val"], d.task, cfg, run_dir, progress=False)
+        self._record(name, fraction, seed, model.predict_scores(d.images["test"]),
+                     {"best_step": history.get("best_step"), "best_val_auc": history.get("best_val_auc")})
+        if seed == 0 and fraction == max(o.fractions):
+            self.artefacts[f"model_{name}"] = model
+
+    def run_segment(self, fraction: float, seed: int, idx: np.ndarray, scratch: bool) -> None:
+        """U-Net with the pretrained (or a fresh) encoder on the synthetic masks; Dice on the test split."""
+        from medssl.evaluate.segment import SegmentConfig, read_masks, segment_transfer
+
+        d, o = self.data, self.opts
+        masks = self.artefacts.setdefault("masks", {})
+        for split in ("train", "val", "test"):
+            if split not in masks:
+                masks[split] = read_masks(d.splits[split], d.size)
+        backbone = fresh_backbone(self.config, seed) if scratch else copy.deepcopy(self.backbone)
+        name = "segment_scratch" if scratch else "segment"
+        cfg = SegmentConfig(steps=o.segment_steps, size=d.size, seed=seed, backbone_lr_scale=1.0 if scratch else 0.1)
+        res = segment_transfer(backbone, d.images["train"][idx], masks["train"][idx], d.images["val"], masks["val"],
+                               d.images["test"], masks["test"], cfg, o.out / "segment" / f"{name}_f{fraction:g}_s{seed}")
+        self.runs.append({"protocol": name, "fraction": fraction, "seed": seed, **res})
+
+    def run(self) -> None:
+        """Every protocol x fraction x seed, with a progress bar."""
+        o = self.opts
+        jobs = [(p, f, s) for s in range(o.seeds) for f in o.fractions for p in o.protocols]
+        for p, f, s in tqdm(jobs, desc="evaluate", unit="run", disable=not o.progress, file=sys.stderr):
+            idx = subset_index(self.data.splits["train"], f, s)
+            if p == "linear":
+                self.run_linear(f, s, idx)
+            elif p == "knn":
+                self.run_knn(f, s, idx)
+            elif p in ("finetune", "segment"):
+                run = self.run_finetune if p == "finetune" else self.run_segment
+                run(f, s, idx, scratch=False)
+                if o.baseline == "scratch":
+                    run(f, s, idx, scratch=True)
+
+
+def summarise_runs(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """protocol -> fraction -> metric -> {mean, std, n, values} over seeds."""
+    from medssl.evaluate.metrics import aggregate_runs
+
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for protocol in dict.fromkeys(r["protocol"] for r in runs):
+        out[protocol] = {}
+        for fraction in sorted({r["fraction"] for r in runs if r["protocol"] == protocol}):
+            same = [{k: v for k, v in r.items() if isinstance(v, (int, float)) and k not in ("seed", "fraction")}
+                    for r in runs if r["protocol"] == protocol and r["fraction"] == fraction]
+            out[protocol][f"{fraction:g}"] = aggregate_runs(same)
+    return out
+
+
+def run_evaluate(opts: EvalOptions) -> dict[str, Any]:
+    """Load, run every protocol, write metrics.json, results.md, plots and report.html into opts.out."""
+    from medssl.evaluate.report import write_outputs
+
+    opts.validate()
+    t0 = time.perf_counter()
+    backbone, config = load_backbone(opts.checkpoint)
+    opts.out.mkdir(parents=True, exist_ok=True)
+    data = load_eval_data(opts, config["data"]["size"], config["data"]["channels"])
+    ev = Evaluation(opts, backbone, config, data)
+    ev.run()
+    summary = summarise_runs(ev.runs)
+    return write_outputs(ev, summary, time.perf_counter() - t0)
