@@ -48,12 +48,15 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--fractions", default="0.01,0.1,1")
     ap.add_argument("--finetune-steps", type=int, default=300)
+    ap.add_argument("--stem", default=None, help="ResNet stem (cifar, small, imagenet); default: chosen by size")
     ap.add_argument("--out", default=None, help="keep the runs here (default: a temporary folder)")
     ap.add_argument("--json", help="also write the JSON here")
     args = ap.parse_args()
     t0 = time.perf_counter()
     overrides = [f"data.source={Path(args.data).resolve()}", f"data.size={args.size}",
                  f"data.batch_size={args.batch}", "train.checkpoint_every=200"]
+    if args.stem:
+        overrides.append(f"model.stem={args.stem}")
     steps, step_seconds = steps_for_budget(overrides, args.budget_minutes)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.out) if args.out else Path(tmp)
