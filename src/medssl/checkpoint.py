@@ -9,6 +9,7 @@ plain data and tensors, so it loads with `torch.load(weights_only=True)`.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import random
@@ -26,6 +27,7 @@ from medssl.errors import MedsslError
 
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.pt"
+BEST = "best.pt"  # beside last.pt: the best-scoring weights of a run with a Validation
 EXPORT_FORMATS = ("safetensors", "torchscript", "onnx")
 
 
@@ -166,6 +168,15 @@ def backbone_from_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict[s
 def _example(config: Mapping[str, Any]) -> Tensor:
     data = config["data"]
     return torch.rand(2, data["channels"], data["size"], data["size"], generator=torch.Generator().manual_seed(0))
+
+
+def drop_checkpoints(run_dir: str | os.PathLike, names: tuple[str, ...] = (LAST, BEST)) -> None:
+    """Remove a finished run's checkpoints (and their folder when empty): evaluations keep numbers and log.csv."""
+    folder = last_checkpoint(run_dir).parent
+    for name in names:
+        (folder / name).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        folder.rmdir()
 
 
 def export(src: str | os.PathLike, fmt: str, out: str | os.PathLike) -> Path:

@@ -30,8 +30,8 @@ from lightning_fabric import Fabric
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from medssl.checkpoint import (atomic_save, last_checkpoint, load_checkpoint, load_weights, rng_state, save_checkpoint,
-                               set_rng_state)
+from medssl.checkpoint import (BEST, atomic_save, last_checkpoint, load_checkpoint, load_weights, rng_state,
+                               save_checkpoint, set_rng_state)
 from medssl.config import TrainConfig, to_dict
 from medssl.errors import MedsslError
 from medssl.optim import lr_factor, make_optimizer
@@ -47,7 +47,6 @@ class BatchSource(Protocol):
 
 
 MakeLoader = Callable[[int, int], BatchSource]  # (rank, world_size) -> this rank's batches
-BEST = "best.pt"  # beside last.pt: the best-scoring weights of a run with a Validation
 
 
 def make_fabric(train: TrainConfig) -> Fabric:

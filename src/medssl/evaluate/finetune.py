@@ -9,7 +9,6 @@ loss instead, and reports best_val_auc as NaN with val_metric "neg_loss".
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
 import math
@@ -23,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from medssl.checkpoint import last_checkpoint
+from medssl.checkpoint import drop_checkpoints
 from medssl.config import OptimConfig, TrainConfig
 from medssl.data.augment import preset
 from medssl.data.datasets import BatchDataset, EpochLoader, ImageDataset
@@ -31,7 +30,7 @@ from medssl.errors import MedsslError
 from medssl.evaluate.features import image_batches, input_channels
 from medssl.evaluate.probe import auc_defined, macro_auc, task_scores
 from medssl.evaluate.tasks import Task
-from medssl.train import BEST, Validation, fit
+from medssl.train import Validation, fit
 
 
 class Classifier(nn.Module):
@@ -133,15 +132,6 @@ def _image_dataset(images: Tensor) -> ImageDataset:
     return ImageDataset.from_array(x / 255 if images.dtype == torch.uint8 else x)  # from_array rounds back exactly
 
 
-def _drop_checkpoints(run_dir: Path) -> None:
-    """Remove last.pt and best.pt (and their folder when empty): an evaluation keeps its numbers and log.csv."""
-    folder = last_checkpoint(run_dir).parent
-    for name in (last_checkpoint(run_dir).name, BEST):
-        (folder / name).unlink(missing_ok=True)
-    with contextlib.suppress(OSError):
-        folder.rmdir()
-
-
 def _val_score(model: Classifier, images: Tensor, y: np.ndarray, size: int) -> float:
     """Validation macro ROC-AUC; the negative validation loss where the AUC is undefined (a single class)."""
     logits = model.predict_logits(images, size=size)           # (N, n_outputs)
@@ -180,7 +170,7 @@ def finetune(backbone: nn.Module, feature_dim: int, train_images: Tensor, y_trai
     metrics = fit(model, make_loader, run, run_dir, progress=progress,
                   validation=Validation(score, cfg.eval_every, cfg.patience))
     if not cfg.keep_checkpoints:
-        _drop_checkpoints(Path(run_dir))
+        drop_checkpoints(run_dir)
     best = metrics["best_val"] if math.isfinite(metrics["best_val"]) else math.nan  # -inf: no score was a number
     on_auc = auc_defined(y_val, task)
     history = {"best_step": metrics["best_step"], "best_val_auc": best if on_auc else math.nan,

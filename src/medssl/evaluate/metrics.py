@@ -64,7 +64,7 @@ def _auc(y01: np.ndarray, s: np.ndarray) -> float:
     return math.nan if y01.min() == y01.max() else float(roc_auc_score(y01, s))
 
 
-def _class_aucs(y: np.ndarray, scores: np.ndarray, task: Task) -> np.ndarray:
+def class_aucs(y: np.ndarray, scores: np.ndarray, task: Task) -> np.ndarray:
     """One-vs-rest ROC-AUC per class (C,); binary: both classes share the one ranking, so the same AUC twice."""
     if task.kind == "binary":
         return np.full(2, _auc(y, scores))
@@ -105,7 +105,7 @@ def classification_metrics(y: np.ndarray, scores: np.ndarray, task: Task, thresh
         out = _label_metrics(y, preds, task)
         labels = None if task.kind == "multilabel" else np.arange(c)
         p, r, f, support = precision_recall_fscore_support(y, preds, labels=labels, average=None, zero_division=0)
-    aucs = _class_aucs(y, scores, task)
+    aucs = class_aucs(y, scores, task)
     used = aucs[1:] if task.kind == "binary" else aucs
     used = used[~np.isnan(used)]
     out["roc_auc_macro"] = float(used.mean()) if used.size else math.nan

@@ -17,11 +17,11 @@ import numpy as np
 import torch
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import StandardScaler
 from torch import Tensor, nn
 
 from medssl.errors import MedsslError
+from medssl.evaluate.metrics import class_aucs
 from medssl.evaluate.tasks import Task
 
 CS = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
@@ -73,10 +73,8 @@ def auc_defined(y: np.ndarray, task: Task) -> bool:
 
 def macro_auc(y: np.ndarray, scores: np.ndarray, task: Task) -> float:
     """Macro ROC-AUC over the classes (one-vs-rest) or labels with both outcomes present; NaN when none has."""
-    columns = outcomes(y, task)
-    s = np.asarray(scores).reshape(len(columns), -1)        # binary (N,) -> (N, 1)
-    aucs = [roc_auc_score(columns[:, c], s[:, c]) for c in np.flatnonzero(_both_present(columns))]
-    return float(np.mean(aucs)) if aucs else math.nan
+    aucs = class_aucs(np.asarray(y), np.asarray(scores), task)
+    return math.nan if np.isnan(aucs).all() else float(np.nanmean(aucs))
 
 
 def accuracy(y: np.ndarray, scores: np.ndarray, task: Task) -> float:

@@ -17,7 +17,6 @@ U-Net, trained with the same budget, once on the pretrained encoder and once fro
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 import time
@@ -33,13 +32,13 @@ from monai.losses import DiceLoss
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor, nn
 
-from medssl.checkpoint import last_checkpoint
+from medssl.checkpoint import drop_checkpoints
 from medssl.config import OptimConfig, TrainConfig
 from medssl.data.records import Record
 from medssl.data.synthetic import FINDINGS
 from medssl.errors import MedsslError
 from medssl.models.backbones import ResNet
-from medssl.train import BEST, Validation, fit
+from medssl.train import Validation, fit
 
 
 # ---------------------------------------------------------------- masks and the metric
@@ -302,15 +301,6 @@ def _fit_config(cfg: SegmentConfig) -> _FitConfig:
     return _FitConfig(cfg, optim, train)
 
 
-def _drop_checkpoints(run_dir: Path) -> None:
-    """Remove the fine-tuned U-Net's checkpoints (last.pt, best.pt): an evaluation keeps only its numbers."""
-    folder = last_checkpoint(run_dir).parent
-    for f in (folder / "last.pt", folder / BEST):
-        f.unlink(missing_ok=True)
-    with contextlib.suppress(OSError):
-        folder.rmdir()
-
-
 def segment_transfer(backbone: nn.Module, train_images: Tensor, train_masks: Tensor, val_images: Tensor,
                      val_masks: Tensor, test_images: Tensor, test_masks: Tensor, cfg: SegmentConfig,
                      run_dir: str | Path, classes: Sequence[str] = FINDINGS, progress: bool = False) -> dict[str, Any]:
@@ -338,7 +328,7 @@ def segment_transfer(backbone: nn.Module, train_images: Tensor, train_masks: Ten
                             every=cfg.val_every) if len(val_images) else None
     result = fit(model, make_loader, _fit_config(cfg), run_dir, progress=progress, validation=validation)
     if not cfg.keep_checkpoint:
-        _drop_checkpoints(Path(run_dir))
+        drop_checkpoints(run_dir)
     test = dice_scores(predict_masks(model, test_images), test_masks.numpy(), classes)
     best = result.get("best_val", math.nan)  # -inf when no score was a number
     return {**test, "val_dice_macro": best if math.isfinite(best) else math.nan, "best_step": result.get("best_step"),
