@@ -76,11 +76,14 @@ def launch_script(fabric: Fabric) -> bool:
 class Validation:
     """Early stopping for fit: score(model) (higher is better) every `every` steps and at the end, on rank 0 in
     eval mode without gradients; stop after `patience` scores without improvement (None: never stop early).
-    The model ends the run with the weights of the best score (also in run_dir/checkpoints/best.pt)."""
+    The model ends the run with the weights of the best score (also in run_dir/checkpoints/best.pt).
+    at_start: also score the starting weights (step 0) of a fresh run, so that they can be the ones kept: for a
+    model that starts from something worth keeping, such as a linear probe's head (LP-FT)."""
 
     score: Callable[[nn.Module], float]
     every: int
     patience: int | None = None
+    at_start: bool = False
 
 
 class _EarlyStop:
@@ -235,6 +238,8 @@ class _Run:
         bar = tqdm(total=self.total, initial=self.step, desc="pretrain", unit="step", disable=not self.progress,
                    file=sys.stderr, dynamic_ncols=True)
         self.model.train()
+        if self.early is not None and self.early.v.at_start and self.step == 0 and not self.early.curve:
+            self._validate()
         try:
             while self.step < self.total and not self._stopped():
                 before = self.step

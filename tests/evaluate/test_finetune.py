@@ -12,6 +12,7 @@ from torch import nn
 
 from medssl.checkpoint import load_checkpoint
 from medssl.config import OptimConfig, TrainConfig
+from medssl.errors import MedsslError
 from medssl.evaluate.finetune import Classifier, FinetuneConfig, finetune
 from medssl.evaluate.probe import backbone_fingerprint, macro_auc, sanity_check
 from medssl.evaluate.tasks import Task
@@ -163,3 +164,36 @@ def test_validation_state_survives_resume(tmp_path):
     assert all(torch.equal(v, best["model"][k]) for k, v in model.state_dict().items())
     groups = load_checkpoint(tmp_path)["optimizer"]["param_groups"]  # a resume keeps the backbone's lower lr
     assert [g["lr"] for g in groups] == pytest.approx([0.01, 0.01, 0.001, 0.001])
+
+
+def test_validation_at_start_can_keep_the_starting_weights(tmp_path):
+    from medssl.data.augment import preset
+    from medssl.data.datasets import BatchDataset, EpochLoader, ImageDataset
+
+    x, y = bright_dark(32, 0)
+    images = ImageDataset.from_array(x[:, 0].float() / 255)
+    loader = lambda r, w: EpochLoader(BatchDataset(images, 8, ("image",), preset("none", 16), targets=y))  # noqa
+    model = Classifier(TinyNet(), 8, BINARY)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    scores = iter([0.9, 0.5, 0.6, 0.7])                         # steps 0, 2, 4, 6: training never beats the start
+    m = fit(model, loader, _fit_config(6), tmp_path, progress=False,
+            validation=Validation(lambda _: next(scores), every=2, at_start=True))
+    assert [s for s, _ in m["val_curve"]] == [0, 2, 4, 6] and (m["best_step"], m["best_val"]) == (0, 0.9)
+    assert all(torch.equal(v, start[k]) for k, v in model.state_dict().items())   # the starting weights came back
+
+
+def test_head_from_a_linear_probe_starts_at_the_probe_and_never_ends_below_it(tmp_path):
+    from medssl.evaluate.features import extract_features
+    from medssl.evaluate.probe import linear_probe
+
+    (xt, yt), (xv, yv) = bright_dark(24, 0), bright_dark(32, 1)
+    backbone = TinyNet()
+    ft, fv = extract_features(backbone, xt), extract_features(backbone, xv)
+    probe = linear_probe(ft, yt, fv, yv, fv, BINARY)
+    cfg = replace(FAST, steps=10, backbone_lr_scale=0.1)
+    model, h = finetune(backbone, 8, xt, yt, xv, yv, BINARY, cfg, tmp_path, head=(probe.weight, probe.bias))
+    step0, probe_auc = h["val_curve"][0], macro_auc(yv, probe.val_scores, BINARY)
+    assert step0[0] == 0 and step0[1] == pytest.approx(probe_auc, abs=1e-6)   # step 0 is the probe, in float32
+    assert h["best_val_auc"] >= step0[1]
+    with pytest.raises(MedsslError, match="do not fit the head"):
+        finetune(backbone, 8, xt, yt, xv, yv, BINARY, cfg, tmp_path, head=(probe.weight.T, probe.bias))

@@ -132,6 +132,16 @@ def _image_dataset(images: Tensor) -> ImageDataset:
     return ImageDataset.from_array(x / 255 if images.dtype == torch.uint8 else x)  # from_array rounds back exactly
 
 
+def _set_head(linear: nn.Linear, weight: np.ndarray, bias: np.ndarray) -> None:
+    """Copy weight (K, D) and bias (K,) into the head; raise MedsslError when the shapes differ."""
+    w, b = np.asarray(weight), np.asarray(bias)
+    if w.shape != tuple(linear.weight.shape) or b.shape != tuple(linear.bias.shape):
+        raise MedsslError(f"head weights {w.shape} / {b.shape} do not fit the head {tuple(linear.weight.shape)}")
+    with torch.no_grad():
+        linear.weight.copy_(torch.as_tensor(w, dtype=linear.weight.dtype))
+        linear.bias.copy_(torch.as_tensor(b, dtype=linear.bias.dtype))
+
+
 def _val_score(model: Classifier, images: Tensor, y: np.ndarray, size: int) -> float:
     """Validation macro ROC-AUC; the negative validation loss where the AUC is undefined (a single class)."""
     logits = model.predict_logits(images, size=size)           # (N, n_outputs)
@@ -142,10 +152,16 @@ def _val_score(model: Classifier, images: Tensor, y: np.ndarray, size: int) -> f
 
 
 def finetune(backbone: nn.Module, feature_dim: int, train_images: Tensor, y_train: np.ndarray, val_images: Tensor,
-             y_val: np.ndarray, task: Task, cfg: FinetuneConfig, run_dir: str | Path,
-             progress: bool = False) -> tuple[Classifier, dict[str, Any]]:
+             y_val: np.ndarray, task: Task, cfg: FinetuneConfig, run_dir: str | Path, progress: bool = False,
+             head: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[Classifier, dict[str, Any]]:
     """Fine-tune a COPY of the backbone with a new linear head; return the best-validation model (eval mode) and
-    its history {best_step, best_val_auc, best_val, val_metric, steps, stopped_early, val_curve, seconds}."""
+    its history {best_step, best_val_auc, best_val, val_metric, steps, stopped_early, val_curve, seconds}.
+
+    head: starting weights (K, D) and bias (K,) of the head, acting on the backbone's pooled features - a linear
+    probe's (ProbeResult.weight, .bias): LP-FT (Kumar et al. 2022), which distorts pretrained features less than
+    a random head whose large early gradients flow into the backbone. The starting model is then scored at step 0,
+    so the result is never worse on validation than the probe it started from. None: a seeded random head.
+    """
     t0 = time.perf_counter()
     run = _run_config(cfg)
     images = _image_dataset(train_images)
@@ -161,6 +177,8 @@ def finetune(backbone: nn.Module, feature_dim: int, train_images: Tensor, y_trai
     with torch.random.fork_rng(devices=[]):                    # the head's initialisation is the seed's, not chance's
         torch.manual_seed(cfg.seed)
         model = Classifier(copy.deepcopy(backbone).requires_grad_(True), feature_dim, task, cfg.backbone_lr_scale)
+    if head is not None:
+        _set_head(model.head, *head)
 
     def make_loader(rank: int, world_size: int) -> EpochLoader:
         return EpochLoader(BatchDataset(images, batch_size, ("image",), augment, seed=cfg.seed, rank=rank,
@@ -168,7 +186,7 @@ def finetune(backbone: nn.Module, feature_dim: int, train_images: Tensor, y_trai
 
     score = functools.partial(_val_score, images=val_images, y=y_val, size=size)
     metrics = fit(model, make_loader, run, run_dir, progress=progress,
-                  validation=Validation(score, cfg.eval_every, cfg.patience))
+                  validation=Validation(score, cfg.eval_every, cfg.patience, at_start=head is not None))
     if not cfg.keep_checkpoints:
         drop_checkpoints(run_dir)
     best = metrics["best_val"] if math.isfinite(metrics["best_val"]) else math.nan  # -inf: no score was a number

@@ -45,6 +45,7 @@ class EvalOptions:
     baseline: str | None = "scratch"
     finetune_steps: int = 300
     finetune_batch: int = 64
+    finetune_head: str = "probe"  # pretrained fine-tuning starts from the linear probe's head (LP-FT) or "random"
     segment_steps: int = 300
     n_boot: int = 1000
     synthetic_patients: int = 200
@@ -63,6 +64,8 @@ class EvalOptions:
             raise MedsslError(f"--seeds {self.seeds} must be at least 1")
         if self.baseline not in (None, "scratch"):
             raise MedsslError(f"--baseline {self.baseline!r} must be 'scratch' or omitted")
+        if self.finetune_head not in ("probe", "random"):
+            raise MedsslError(f"--finetune-head {self.finetune_head!r} must be 'probe' or 'random'")
         for name in ("finetune_steps", "finetune_batch", "segment_steps", "n_boot"):
             if getattr(self, name) < 1:
                 raise MedsslError(f"{name}={getattr(self, name)} must be positive")
@@ -150,6 +153,7 @@ class Evaluation:
         self.artefacts: dict[str, Any] = {}
         self.feature_dim = int(getattr(backbone, "feature_dim", 0))
         self.features: dict[str, np.ndarray] = {}
+        self.probes: dict[tuple[float, int], Any] = {}  # (fraction, seed) -> ProbeResult, shared by LP-FT
 
     def frozen_features(self) -> dict[str, np.ndarray]:
         """Features of every split from the frozen backbone, checked to leave the backbone untouched."""
@@ -171,12 +175,20 @@ class Evaluation:
         if seed == 0:
             self.artefacts.setdefault("scores", {})[key] = scores
 
-    def run_linear(self, fraction: float, seed: int, idx: np.ndarray) -> None:
-        """Logistic regression on frozen features; C chosen on the validation split."""
+    def probe(self, fraction: float, seed: int, idx: np.ndarray) -> Any:
+        """The linear probe (ProbeResult) of a fraction and seed, fitted once: logistic regression on frozen
+        features, C chosen on the validation split."""
         from medssl.evaluate.probe import linear_probe
 
-        f, d = self.frozen_features(), self.data
-        res = linear_probe(f["train"][idx], d.y["train"][idx], f["val"], d.y["val"], f["test"], d.task, seed=seed)
+        if (fraction, seed) not in self.probes:
+            f, d = self.frozen_features(), self.data
+            self.probes[(fraction, seed)] = linear_probe(f["train"][idx], d.y["train"][idx], f["val"], d.y["val"],
+                                                         f["test"], d.task, seed=seed)
+        return self.probes[(fraction, seed)]
+
+    def run_linear(self, fraction: float, seed: int, idx: np.ndarray) -> None:
+        """Logistic regression on frozen features; C chosen on the validation split."""
+        res = self.probe(fraction, seed, idx)
         self._record("linear", fraction, seed, res.scores, {"C": res.C})
         if seed == 0 and fraction == max(self.opts.fractions):
             self.artefacts["probe"] = res
@@ -200,8 +212,12 @@ class Evaluation:
         cfg = FinetuneConfig(steps=o.finetune_steps, batch_size=min(o.finetune_batch, len(idx)), size=d.size,
                              seed=seed, augment=self.config["data"].get("augment", "chest_xray"), **scale)
         run_dir = o.out / "finetune" / f"{name}_f{fraction:g}_s{seed}"
+        head = None
+        if not scratch and o.finetune_head == "probe":
+            res = self.probe(fraction, seed, idx)
+            head = (res.weight, res.bias)
         model, history = finetune(backbone, self.feature_dim, d.images["train"][idx], d.y["train"][idx],
-                                  d.images["val"], d.y["val"], d.task, cfg, run_dir, progress=False)
+                                  d.images["val"], d.y["val"], d.task, cfg, run_dir, progress=False, head=head)
         self._record(name, fraction, seed, model.predict_scores(d.images["test"]),
                      {"best_step": history.get("best_step"), "best_val_auc": history.get("best_val_auc")})
         if seed == 0 and fraction == max(o.fractions):
