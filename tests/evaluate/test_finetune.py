@@ -197,3 +197,17 @@ def test_head_from_a_linear_probe_starts_at_the_probe_and_never_ends_below_it(tm
     assert h["best_val_auc"] >= step0[1]
     with pytest.raises(MedsslError, match="do not fit the head"):
         finetune(backbone, 8, xt, yt, xv, yv, BINARY, cfg, tmp_path, head=(probe.weight.T, probe.bias))
+
+
+def test_freeze_bn_keeps_the_backbone_statistics_and_still_learns(tmp_path):
+    (xt, yt), (xv, yv) = bright_dark(64, 0), bright_dark(32, 1)
+    backbone = TinyNet()
+    stats = {k: v.clone() for k, v in backbone.state_dict().items() if "running" in k}
+    model, h = finetune(backbone, 8, xt, yt, xv, yv, BINARY, replace(FAST, freeze_bn=True), tmp_path)
+    after = model.backbone.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in stats.items())   # running mean / var never moved
+    bn = model.backbone.net[1]
+    assert not torch.equal(bn.weight, backbone.net[1].weight)        # its scale still learned
+    model.train()
+    assert model.training and not bn.training                        # train() leaves BatchNorm in eval mode
+    assert h["best_val_auc"] > 0.9

@@ -37,12 +37,24 @@ class Classifier(nn.Module):
     """Backbone + linear head. forward(batch with "image" (B, C, H, W), "target" task-shaped) -> {"loss", "logits"}:
     binary-cross-entropy on logits (B,) (binary) or (B, K) (multi-label), cross-entropy on (B, K) (multi-class)."""
 
-    def __init__(self, backbone: nn.Module, feature_dim: int, task: Task, backbone_lr_scale: float = 1.0):
+    def __init__(self, backbone: nn.Module, feature_dim: int, task: Task, backbone_lr_scale: float = 1.0,
+                 freeze_bn: bool = False):
         super().__init__()
         self.backbone = backbone
         self.head = nn.Linear(feature_dim, task.n_outputs)
         self.task = task
         self.lr_scales = {"backbone": backbone_lr_scale}  # read by optim.make_optimizer
+        self.freeze_bn = freeze_bn
+
+    def train(self, mode: bool = True) -> "Classifier":
+        """nn.Module.train; with freeze_bn the backbone's BatchNorm layers stay in eval mode (running statistics
+        used and never updated; their scale and shift still learn)."""
+        super().train(mode)
+        if self.freeze_bn and mode:
+            for m in self.backbone.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
 
     def logits(self, images: Tensor) -> Tensor:
         """(B, C, H, W) -> (B,) for binary, (B, K) otherwise."""
@@ -88,10 +100,14 @@ class FinetuneConfig:
     weight_decay: float = 1e-4
     warmup_steps: int = 10
     backbone_lr_scale: float = 0.1  # backbone lr = lr * scale: keeps pretrained features; use 1.0 from scratch
+    # keep the backbone's BatchNorm running statistics (the pretrained ones) fixed while fine-tuning: a linear
+    # probe's head was fitted on features under them, and small labelled batches' statistics shift those features.
+    # On PneumoniaMNIST at 10 % labels it raised validation AUC in every seed. Never for a random backbone.
+    freeze_bn: bool = False
     augment: str = "chest_xray"  # preset of medssl.data.augment
     size: int | None = None  # side of the augmented images; None = the stored images' side
     eval_every: int = 25  # steps between validation scores
-    patience: int | None = 4  # scores without improvement before stopping; None = run all steps
+    patience: int | None = 6  # scores without improvement before stopping; None = run all steps
     seed: int = 0
     num_workers: int = 0
     keep_checkpoints: bool = False  # fit writes run_dir/checkpoints/{last,best}.pt; deleted at the end unless set
@@ -176,7 +192,8 @@ def finetune(backbone: nn.Module, feature_dim: int, train_images: Tensor, y_trai
     batch_size = min(cfg.batch_size, len(images))
     with torch.random.fork_rng(devices=[]):                    # the head's initialisation is the seed's, not chance's
         torch.manual_seed(cfg.seed)
-        model = Classifier(copy.deepcopy(backbone).requires_grad_(True), feature_dim, task, cfg.backbone_lr_scale)
+        model = Classifier(copy.deepcopy(backbone).requires_grad_(True), feature_dim, task, cfg.backbone_lr_scale,
+                           cfg.freeze_bn)
     if head is not None:
         _set_head(model.head, *head)
 

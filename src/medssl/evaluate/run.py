@@ -46,6 +46,7 @@ class EvalOptions:
     finetune_steps: int = 300
     finetune_batch: int = 64
     finetune_head: str = "probe"  # pretrained fine-tuning starts from the linear probe's head (LP-FT) or "random"
+    finetune_freeze_bn: bool = True  # pretrained fine-tuning keeps the pretrained BatchNorm statistics
     segment_steps: int = 300
     n_boot: int = 1000
     synthetic_patients: int = 200
@@ -207,8 +208,9 @@ class Evaluation:
         d, o = self.data, self.opts
         backbone = fresh_backbone(self.config, seed) if scratch else copy.deepcopy(self.backbone)
         name = "scratch" if scratch else "finetune"
-        # a random backbone learns at the head's rate; a pretrained one at a tenth of it (the default)
-        scale = {"backbone_lr_scale": 1.0} if scratch else {}
+        # a random backbone learns at the head's rate, and its BatchNorm statistics have nothing worth keeping; a
+        # pretrained one learns at a tenth of the rate (the default) and may keep its statistics
+        scale = {"backbone_lr_scale": 1.0} if scratch else {"freeze_bn": o.finetune_freeze_bn}
         cfg = FinetuneConfig(steps=o.finetune_steps, batch_size=min(o.finetune_batch, len(idx)), size=d.size,
                              seed=seed, augment=self.config["data"].get("augment", "chest_xray"), **scale)
         run_dir = o.out / "finetune" / f"{name}_f{fraction:g}_s{seed}"
