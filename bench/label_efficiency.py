@@ -56,7 +56,7 @@ def main() -> None:
     ap.add_argument("--finetune-steps", type=int, default=300)
     ap.add_argument("--stem", default="small",
                     help="ResNet stem (default small: stride-2 first conv, about 4x faster than cifar at 28 px on CPU, "
-                         "so that 20 minutes buy ~35 epochs of SimCLR and 18 fine-tuning runs take ~30 minutes)")
+                         "so that 20 minutes buy ~30 epochs of SimCLR and the 3-seed evaluation takes ~20 minutes)")
     ap.add_argument("--finetune-head", choices=["probe", "random"], default="probe",
                     help="pretrained fine-tuning starts from the linear probe's head (LP-FT) or a random one")
     ap.add_argument("--pretrained", help="evaluate this finished pretraining run instead of pretraining anew")
