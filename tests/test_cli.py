@@ -240,3 +240,23 @@ def test_evaluate_end_to_end_on_synthetic_data(cli, tmp_path):
     code, _, err = cli("evaluate", "--checkpoint", run, "--protocol", "linear,magic", "--quiet")
     assert code == 2
     one_error_line(err, "magic")
+
+
+@pytest.mark.parametrize("flags, head, freeze", [((), "probe", True),
+                                                  (("--finetune-head", "random", "--finetune-bn", "train"),
+                                                   "random", False)])
+def test_evaluate_fine_tuning_flags_reach_the_options(cli, tmp_path, monkeypatch, flags, head, freeze):
+    import medssl.evaluate.run as run
+
+    seen = {}
+
+    def fake(opts):
+        seen["opts"] = opts
+        (opts.out / "results.md").parent.mkdir(parents=True, exist_ok=True)
+        (opts.out / "results.md").write_text("| protocol |\n")
+        return {"seconds": 0.0}
+
+    monkeypatch.setattr(run, "run_evaluate", fake)
+    code, _, err = cli("evaluate", "--checkpoint", tmp_path / "run", "--out", tmp_path / "ev", *flags, "--quiet")
+    assert code == 0, err
+    assert (seen["opts"].finetune_head, seen["opts"].finetune_freeze_bn) == (head, freeze)

@@ -170,7 +170,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     opts = EvalOptions(checkpoint=args.checkpoint, data=args.data, out=out, protocols=tuple(args.protocol),
                        fractions=tuple(args.fractions), seeds=args.seeds, baseline=args.baseline,
                        finetune_steps=args.finetune_steps, segment_steps=args.finetune_steps,
-                       finetune_head=args.finetune_head, n_boot=args.n_boot,
+                       finetune_head=args.finetune_head, finetune_freeze_bn=args.finetune_bn == "frozen",
+                       n_boot=args.n_boot,
                        task=args.task, progress=not args.quiet)
     metrics = run_evaluate(opts)
     print((out / "results.md").read_text(), end="")
@@ -229,6 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--finetune-head", choices=["probe", "random"], default="probe",
                     help="head a pretrained backbone's fine-tuning starts from: the linear probe's (LP-FT, default) "
                          "or a random one")
+    ev.add_argument("--finetune-bn", choices=["frozen", "train"], default="frozen",
+                    help="a pretrained backbone's BatchNorm statistics while fine-tuning: kept (default) or updated")
     ev.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the CIs (default 1000)")
     ev.add_argument("--task", choices=["binary", "multiclass", "multilabel"], help="default: inferred from labels")
     ev.add_argument("--out", help="results folder (default CHECKPOINT_RUN/evaluate)")
