@@ -10,7 +10,9 @@ Example: python bench/label_efficiency.py --data ../shared/data/pneumoniamnist_2
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -29,12 +31,16 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 MEDMNIST_RESNET18_28 = {"roc_auc_macro": 0.944, "accuracy": 0.854}  # Yang et al. 2023, Table 3, PneumoniaMNIST
 
 
-def steps_for_budget(overrides: list[str], minutes: float, probe_steps: int = 6) -> tuple[int, float]:
-    """Pretraining steps that fit the budget, from the images/s of a short run of the same config."""
+def steps_for_budget(overrides: list[str], minutes: float, probe_steps: int = 8) -> tuple[int, float]:
+    """Pretraining steps that fit the budget, from the steady images/s of a short run of the same config (the median
+    of its per-step rates after the first two steps, which carry start-up; whole-run seconds under-fill the budget)."""
     cfg = load_config(CONFIGS / "simclr.yaml", overrides + [f"train.steps={probe_steps}", "train.log_every=1"])
     with tempfile.TemporaryDirectory() as tmp:
         m = run_pretrain(cfg, Path(tmp) / "probe", progress=False)
-    step_seconds = m["seconds"] / max(1, m["steps"])
+        with open(Path(tmp) / "probe" / "log.csv") as f:
+            rates = [float(row["images_per_s"]) for row in csv.DictReader(f) if int(row["step"]) > 2]
+    images_per_step = m["images_per_s"] * m["seconds"] / max(1, m["steps"])
+    step_seconds = images_per_step / statistics.median(rates) if rates else m["seconds"] / max(1, m["steps"])
     return max(probe_steps, int(minutes * 60 / step_seconds)), step_seconds
 
 
