@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
+from torch import nn
 
 from medssl.cli import main
 
@@ -37,3 +39,18 @@ def cli(capsys):
         return code, out, err
 
     return run
+
+
+class TinyNet(nn.Module):
+    """A small conv net with BatchNorm standing in for a backbone (running statistics change on a forward pass in
+    train mode): (B, 1, H, W) -> (B, dim), average-pooled to pool x pool before the last layer; seeded weights."""
+
+    def __init__(self, dim: int = 8, pool: int = 1):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                                 nn.AdaptiveAvgPool2d(pool), nn.Flatten(), nn.Linear(8 * pool * pool, dim))
+        self.feature_dim = dim
+
+    def forward(self, x):
+        return self.net(x)

@@ -8,8 +8,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
+from conftest import TinyNet
 from medssl.checkpoint import load_checkpoint
 from medssl.config import OptimConfig, TrainConfig
 from medssl.errors import MedsslError
@@ -26,19 +26,6 @@ MULTILABEL = Task("multilabel", ("bright", "square"), "no_finding")
 FAST = FinetuneConfig(steps=40, batch_size=16, lr=1e-2, warmup_steps=2, backbone_lr_scale=1.0, eval_every=5,
                       patience=None)
 
-
-class TinyNet(nn.Module):
-    """A small conv net with BatchNorm, standing in for a backbone."""
-
-    def __init__(self, dim: int = 8):
-        super().__init__()
-        torch.manual_seed(0)
-        self.net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                                 nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, dim))
-        self.feature_dim = dim
-
-    def forward(self, x):
-        return self.net(x)
 
 
 def _images(level: np.ndarray, seed: int, square: np.ndarray | None = None) -> torch.Tensor:

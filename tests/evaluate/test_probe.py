@@ -9,8 +9,8 @@ import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
-from torch import nn
 
+from conftest import TinyNet
 from medssl.evaluate.features import extract_features
 from medssl.evaluate.probe import (CS, accuracy, backbone_fingerprint, knn_scores, linear_probe, macro_auc,
                                    probe_module, sanity_check)
@@ -21,19 +21,6 @@ MULTICLASS = Task("multiclass", ("a", "b", "c"))
 MULTILABEL = Task("multilabel", ("effusion", "nodule"), "no_finding")
 
 
-class TinyNet(nn.Module):
-    """Conv + BatchNorm + pooling: running statistics change on a forward pass in train mode."""
-
-    def __init__(self, dim: int = 6):
-        super().__init__()
-        torch.manual_seed(0)
-        self.net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                                 nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(32, dim))
-        self.feature_dim = dim
-
-    def forward(self, x):
-        return self.net(x)
-
 
 def _images(n: int = 20, size: int = 16) -> torch.Tensor:
     return torch.from_numpy(np.random.default_rng(1).integers(0, 256, (n, 1, size, size), dtype=np.uint8))
@@ -43,7 +30,7 @@ def _images(n: int = 20, size: int = 16) -> torch.Tensor:
 
 @pytest.mark.parametrize("training", [True, False])
 def test_extract_features_is_deterministic_and_leaves_the_backbone_alone(training):
-    net = TinyNet().train(training)
+    net = TinyNet(dim=6, pool=2).train(training)
     before = backbone_fingerprint(net)
     images = _images()
     a = extract_features(net, images, batch_size=7)             # 3 batches, the last one short
@@ -56,14 +43,14 @@ def test_extract_features_is_deterministic_and_leaves_the_backbone_alone(trainin
 
 
 def test_sanity_check_catches_batchnorm_statistics_and_weight_changes():
-    net = TinyNet().eval()
+    net = TinyNet(dim=6, pool=2).eval()
     fingerprint = backbone_fingerprint(net)
     net.train()
     with torch.no_grad():
         net(_images().float() / 255)                            # no gradient, yet running_mean moves
     with pytest.raises(AssertionError, match=r"net\.1\.running_mean"):
         sanity_check(net, fingerprint)
-    net = TinyNet()
+    net = TinyNet(dim=6, pool=2)
     fingerprint = backbone_fingerprint(net)
     with torch.no_grad():
         net.net[5].weight[0, 0] += 1e-3
@@ -127,7 +114,7 @@ def test_folded_weights_reproduce_sklearn_on_raw_features(task):
 
 
 def test_probe_module_gives_the_logits_of_the_folded_weights():
-    net = TinyNet().eval()
+    net = TinyNet(dim=6, pool=2).eval()
     images = _images(30)
     feats = extract_features(net, images)
     y = (feats[:, 0] > np.median(feats[:, 0])).astype(np.int64)
