@@ -210,9 +210,9 @@ class Evaluation:
         name = "scratch" if scratch else "finetune"
         # a random backbone learns at the head's rate, and its BatchNorm statistics have nothing worth keeping; a
         # pretrained one learns at a tenth of the rate (the default) and may keep its statistics
-        scale = {"backbone_lr_scale": 1.0} if scratch else {"freeze_bn": o.finetune_freeze_bn}
+        arm = {"backbone_lr_scale": 1.0} if scratch else {"freeze_bn": o.finetune_freeze_bn}
         cfg = FinetuneConfig(steps=o.finetune_steps, batch_size=min(o.finetune_batch, len(idx)), size=d.size,
-                             seed=seed, augment=self.config["data"].get("augment", "chest_xray"), **scale)
+                             seed=seed, augment=self.config["data"].get("augment", "chest_xray"), **arm)
         run_dir = o.out / "finetune" / f"{name}_f{fraction:g}_s{seed}"
         head = None
         if not scratch and o.finetune_head == "probe":
