@@ -20,7 +20,7 @@ from PIL import Image
 
 from medssl.data import io
 from medssl.data.augment import Augment, preset
-from medssl.data.synthetic import generate
+from medssl.synthetic import generate
 
 
 def machine() -> dict:

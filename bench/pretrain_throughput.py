@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from data_throughput import machine  # noqa: E402
 
 from medssl.config import load_config  # noqa: E402
-from medssl.data.synthetic import write_synthetic  # noqa: E402
+from medssl.synthetic import write_synthetic  # noqa: E402
 from medssl.pretrain import build_model, load_records, make_loader  # noqa: E402
 from medssl.optim import make_optimizer  # noqa: E402
 from medssl.train import fit  # noqa: E402

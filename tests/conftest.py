@@ -24,7 +24,7 @@ def shared_file(name: str) -> Path:
 @pytest.fixture(scope="session")
 def synth_manifest(tmp_path_factory) -> Path:
     """12 synthetic patients at 32 px written to disk (images, masks, manifest.csv)."""
-    from medssl.data.synthetic import write_synthetic
+    from medssl.synthetic import write_synthetic
 
     return write_synthetic(tmp_path_factory.mktemp("synth") / "data", 12, 32, seed=0, progress=False)
 

@@ -32,7 +32,7 @@ def _print_bad(bad: list[tuple[str, str]]) -> None:
 
 def cmd_data_synth(args: argparse.Namespace) -> int:
     """Write synthetic chest radiographs with masks, reports and a manifest."""
-    from medssl.data.synthetic import write_synthetic
+    from medssl.synthetic import write_synthetic
 
     manifest = write_synthetic(args.out, args.patients, args.size, args.seed, progress=not args.quiet)
     print(f"wrote synthetic chest radiographs for {args.patients} patients ({args.size} px) and {manifest}")
@@ -60,7 +60,7 @@ def cmd_data_index(args: argparse.Namespace) -> int:
 
 def _load(source: str | None, skip_bad: bool, quiet: bool, tmp: str) -> tuple[list, list, str]:
     from medssl.data.sources import check_images, load_source
-    from medssl.data.synthetic import write_synthetic
+    from medssl.synthetic import write_synthetic
 
     if source is None:
         manifest = write_synthetic(Path(tmp) / "synthetic", 40, 64, 0, progress=False)

@@ -12,13 +12,13 @@ import shutil
 import time
 from pathlib import Path
 
-from medssl import __version__, runreport
+from medssl import __version__, html
 from medssl.data import plots
 from medssl.data.records import read_manifest, write_manifest
 from medssl.data.sources import check_images
 from medssl.data.splits import assign_splits, by_split, label_fraction
 from medssl.data.summary import format_summary, summarize
-from medssl.data.synthetic import write_synthetic
+from medssl.synthetic import write_synthetic
 from medssl.errors import MedsslError
 
 LABEL_FRACTIONS = (0.01, 0.1, 1.0)
@@ -71,15 +71,15 @@ def run_demo(out: Path, patients: int = 120, size: int = 64, seed: int = 0, prog
     metrics = {"version": __version__, "seed": seed, "size": size, "data": summary, "label_fractions": fractions,
                "seconds": round(time.perf_counter() - t0, 2)}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    report = runreport.write_report(out / "report.html", "medssl demo: synthetic chest radiographs", [
-        ("What ran", runreport.paragraph(
+    report = html.write_report(out / "report.html", "medssl demo: synthetic chest radiographs", [
+        ("What ran", html.paragraph(
             f"Synthesised {patients} patients ({len(records)} images, {size} px, seed {seed}), decoded every image, "
             "split by patient (70/10/20, stratified on the rarest finding) and drew nested label fractions. "
             "The data are synthetic phantoms, not real patients.")),
-        ("Samples (red: finding masks)", runreport.image(montage, "samples")),
-        ("Label balance", runreport.image(balance, "label balance")),
-        ("Label fractions of the training split", runreport.table(fractions)),
-        ("Summary", runreport.preformatted(format_summary(summary, "synthetic chest radiographs"))),
+        ("Samples (red: finding masks)", html.image(montage, "samples")),
+        ("Label balance", html.image(balance, "label balance")),
+        ("Label fractions of the training split", html.table(fractions)),
+        ("Summary", html.preformatted(format_summary(summary, "synthetic chest radiographs"))),
     ])
     _say(f"wrote {out / 'metrics.json'}, {plot_dir}/ and {report} in {metrics['seconds']} s")
     return metrics

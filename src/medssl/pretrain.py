@@ -50,7 +50,7 @@ def write_data(cfg: PretrainConfig, run_dir: Path, progress: bool) -> None:
     """Generate the built-in synthetic data into run_dir/data when the config names no source (once)."""
     manifest = data_source(cfg, run_dir)
     if cfg.data.source is None and not manifest.is_file():
-        from medssl.data.synthetic import write_synthetic
+        from medssl.synthetic import write_synthetic
 
         write_synthetic(manifest.parent, cfg.data.synthetic_patients, cfg.data.size, cfg.data.synthetic_seed,
                         progress=progress)

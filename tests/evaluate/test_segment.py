@@ -13,7 +13,7 @@ from PIL import Image
 
 from medssl.config import OptimConfig
 from medssl.data.records import Record, read_manifest
-from medssl.data.synthetic import FINDINGS, generate
+from medssl.synthetic import FINDINGS, generate
 from medssl.errors import MedsslError
 from medssl.evaluate.segment import (SegmentBatches, SegmentConfig, UNet, decode_bits, dice_scores, paired_affine,
                                      random_theta, read_masks, segment_transfer)

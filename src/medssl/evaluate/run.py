@@ -104,7 +104,7 @@ def fresh_backbone(config: dict[str, Any], seed: int) -> nn.Module:
 def load_eval_data(opts: EvalOptions, size: int, channels: int) -> EvalData:
     """Records (the source's own splits, else a seeded patient-level 70/10/20 split), images and targets."""
     from medssl.data.sources import load_source
-    from medssl.data.synthetic import write_synthetic
+    from medssl.synthetic import write_synthetic
 
     source = opts.data
     if source is None:
@@ -274,7 +274,7 @@ def summarise_runs(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[s
 
 def run_evaluate(opts: EvalOptions) -> dict[str, Any]:
     """Load, run every protocol, write metrics.json, results.md, plots and report.html into opts.out."""
-    from medssl.evaluate.report import write_outputs
+    from medssl.evaluate.outputs import write_outputs
 
     opts.validate()
     t0 = time.perf_counter()

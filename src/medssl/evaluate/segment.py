@@ -3,7 +3,7 @@
 The dense-task evaluation reported next to classification (e.g. Chaitanya et al. 2020, Azizi et al. 2021): the same
 U-Net, trained with the same budget, once on the pretrained encoder and once from scratch.
 
-- Masks: 8-bit PNGs where bit k is FINDINGS[k] (data.synthetic), decoded to (N, K, S, S) {0, 1} by `read_masks`.
+- Masks: 8-bit PNGs where bit k is FINDINGS[k] (medssl.synthetic), decoded to (N, K, S, S) {0, 1} by `read_masks`.
 - Loss: soft Dice (MONAI DiceLoss, sums over the batch) + per-pixel binary cross-entropy. Not MONAI's DiceCELoss:
   with K > 1 channels it applies softmax cross-entropy even when sigmoid=True, and findings overlap (multi-label).
 - Training goes through `train.fit`: the encoder's lower learning rate is the model's `lr_scales` ({"backbone": s}),
@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from medssl.checkpoint import drop_checkpoints
 from medssl.config import OptimConfig, TrainConfig
 from medssl.data.records import Record
-from medssl.data.synthetic import FINDINGS
+from medssl.synthetic import FINDINGS
 from medssl.errors import MedsslError
 from medssl.models.backbones import ResNet
 from medssl.train import Validation, fit

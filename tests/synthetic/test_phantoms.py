@@ -8,10 +8,10 @@ import pytest
 from PIL import Image
 
 from medssl.data.records import read_manifest
-from medssl.data.synthetic import (
+from medssl.synthetic import (
     FINDINGS, NO_FINDING, generate, render_study, sample_patient, write_synthetic,
 )
-from medssl.data.synthetic_reports import KEYWORDS, NEGATION_CUES, make_report
+from medssl.synthetic.reports import KEYWORDS, NEGATION_CUES, make_report
 from medssl.errors import MedsslError
 
 # Direction a finding moves the pixels inside its mask: +1 brighter (fluid, tissue), -1 darker (air).

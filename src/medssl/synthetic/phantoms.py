@@ -3,7 +3,7 @@
 Each patient has its own anatomy (size, shape, position, exposure, lung texture) and 1-3 studies; each study has a
 frontal (PA or AP) and a lateral view, 0-3 findings drawn with a pixel mask each, and a written report.
 This file samples patients, studies and findings, exposes the films, adds noise and writes them to disk;
-synthetic_render.py draws anatomy and findings (its docstring gives the coordinates), synthetic_reports.py writes
+render.py draws anatomy and findings (its docstring gives the coordinates), reports.py writes
 the reports.
 """
 
@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from medssl.data.records import Record, write_manifest
-from medssl.data.synthetic_render import Patient, _Geometry, film_density
-from medssl.data.synthetic_reports import FINDINGS, NO_FINDING, make_report
+from medssl.synthetic.render import Patient, _Geometry, film_density
+from medssl.synthetic.reports import FINDINGS, NO_FINDING, make_report
 from medssl.errors import MedsslError
 
 __all__ = ["FINDINGS", "NO_FINDING", "SyntheticStudy", "SyntheticSet", "Patient", "generate", "write_synthetic",
@@ -203,7 +203,7 @@ def write_synthetic(out_dir: str | os.PathLike, n_patients: int, size: int = 64,
     _check_args(n_patients, size, seed)
     out = Path(out_dir)
     _prepare_folder(out)
-    (out / MARKER).write_text(json.dumps({"generator": "medssl.data.synthetic", "n_patients": int(n_patients),
+    (out / MARKER).write_text(json.dumps({"generator": "medssl.synthetic", "n_patients": int(n_patients),
                                           "size": int(size), "seed": int(seed)}) + "\n")
     data = generate(n_patients, size, seed, progress=progress)
     (out / "images").mkdir(exist_ok=True)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from medssl import __version__, runreport
+from medssl import __version__, html
 
 LABELS = {"linear": "linear probe", "knn": "kNN", "finetune": "fine-tune (pretrained)",
           "scratch": "fine-tune (scratch)", "segment": "U-Net (pretrained)", "segment_scratch": "U-Net (scratch)"}
@@ -137,16 +137,16 @@ def write_outputs(ev: Any, summary: dict, seconds: float) -> dict[str, Any]:
     (out_dir / "metrics.json").write_text(json.dumps(_no_nan(metrics), indent=2, default=_jsonable, allow_nan=False))
     (out_dir / "results.md").write_text(markdown_table(rows))
     pngs = make_plots(ev, summary, out_dir / "plots")
-    sections = [("Results (test split; mean ± std over seeds)", runreport.table(rows)),
-                ("Set-up", runreport.paragraph(
+    sections = [("Results (test split; mean ± std over seeds)", html.table(rows)),
+                ("Set-up", html.paragraph(
                     f"Checkpoint {ev.opts.checkpoint}; data {ev.opts.data or 'built-in synthetic'}; task "
                     f"{d.task.kind} over {', '.join(d.task.classes)}; splits "
                     + ", ".join(f"{k} {len(v)}" for k, v in d.splits.items() if v)
                     + f"; label fractions drawn per patient, stratified and nested; {ev.opts.seeds} seed(s)."))]
     if metrics["embedding"]:
-        sections.append(("Embedding quality (frozen, test split)", runreport.table([metrics["embedding"]])))
-    sections += [(title, runreport.image(path, title)) for title, path in pngs.items()]
-    runreport.write_report(out_dir / "report.html", "medssl evaluate", sections)
+        sections.append(("Embedding quality (frozen, test split)", html.table([metrics["embedding"]])))
+    sections += [(title, html.image(path, title)) for title, path in pngs.items()]
+    html.write_report(out_dir / "report.html", "medssl evaluate", sections)
     return metrics
 
 

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-# The finding names; synthetic.py imports them from here so the two files cannot disagree.
+# The finding names; phantoms.py imports them from here so the two files cannot disagree.
 FINDINGS: tuple[str, ...] = (
     "cardiomegaly", "pleural_effusion", "consolidation", "nodule", "pneumothorax", "atelectasis",
 )

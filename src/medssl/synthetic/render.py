@@ -15,7 +15,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from medssl.data.synthetic_reports import FINDINGS
+from medssl.synthetic.reports import FINDINGS
 
 _TISSUE, _LUNG_AIR = 0.55, 0.33  # soft-tissue density; density one lung's air takes away on a frontal film
 
