@@ -1,8 +1,9 @@
-"""Checkpoints: atomic save, checked load, weights-only init, and export of the backbone alone.
+"""Checkpoint storage: atomic save, checked load, weights-only init. Imports nothing of medssl above errors.
 
 A checkpoint is one torch file holding the model state (MoCo's queue included: it is a buffer), optimiser,
-scheduler, the position in training (step, epoch, next batch of that epoch), every process's RNG states, the
-resolved config, the medssl version and the git commit. It is written to a temporary file in the same folder,
+scheduler, the position in training (step, epoch, next batch of that epoch), every process's RNG states, what the
+run records beside them (its resolved config, the model spec, the preprocess), the medssl version and the git
+commit. Building a model from it is `medssl.inference.load_bundle`; export writers are in `medssl.export`. It is written to a temporary file in the same folder,
 fsynced and renamed over the old one, so a crash or a kill never leaves a partial `last.pt`. Everything in it is
 plain data and tensors, so it loads with `torch.load(weights_only=True)`.
 """
@@ -28,7 +29,6 @@ from medssl.errors import MedsslError
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.pt"
 BEST = "best.pt"  # beside last.pt: the best-scoring weights of a run with a Validation
-EXPORT_FORMATS = ("safetensors", "torchscript", "onnx")
 
 
 def last_checkpoint(run_dir: str | os.PathLike) -> Path:
@@ -109,15 +109,15 @@ def _tuples(x: Any) -> Any:
 
 def save_checkpoint(path: str | os.PathLike, *, model: nn.Module, optimizer: Any = None, scheduler: Any = None,
                     step: int = 0, epoch: int = 0, batch: int = 0, rng: list[dict] | None = None,
-                    config: Mapping[str, Any] | None = None, extra: Mapping[str, Any] | None = None) -> Path:
-    """Write a checkpoint atomically. (epoch, batch) is where training continues: the next batch to run."""
+                    extra: Mapping[str, Any] | None = None) -> Path:
+    """Write a checkpoint atomically. (epoch, batch) is where training continues: the next batch to run; extra:
+    plain data stored beside (the run's config, model spec, preprocess)."""
     return atomic_save({
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "step": step, "epoch": epoch, "batch": batch,
         "rng": rng or [rng_state()],
-        "config": dict(config or {}),
         "version": __version__, "git": git_commit(),
         **dict(extra or {}),
     }, path)
@@ -149,27 +149,6 @@ def load_weights(module: nn.Module, state: Mapping[str, Tensor]) -> dict[str, li
             "mismatched": sorted(k for k in state if k in own and own[k].shape != state[k].shape)}
 
 
-def backbone_from_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
-    """The trained backbone of a pretraining checkpoint (eval mode) and the run's config as a mapping."""
-    from medssl.config import from_dict
-    from medssl.pretrain import build_model  # late: pretrain imports train, which imports this module
-
-    ckpt = load_checkpoint(path)
-    try:
-        cfg = from_dict(ckpt["config"])
-    except MedsslError as e:
-        raise MedsslError(f"{resolve_checkpoint(path)}: its config is not a pretraining config: {e}") from None
-    model = build_model(cfg)
-    model.load_state_dict(ckpt["model"])
-    backbone = model.backbone.eval()
-    return backbone, ckpt["config"]
-
-
-def _example(config: Mapping[str, Any]) -> Tensor:
-    data = config["data"]
-    return torch.rand(2, data["channels"], data["size"], data["size"], generator=torch.Generator().manual_seed(0))
-
-
 def drop_checkpoints(run_dir: str | os.PathLike, names: tuple[str, ...] = (LAST, BEST)) -> None:
     """Remove a finished run's checkpoints (and their folder when empty): evaluations keep numbers and log.csv."""
     folder = last_checkpoint(run_dir).parent
@@ -177,46 +156,3 @@ def drop_checkpoints(run_dir: str | os.PathLike, names: tuple[str, ...] = (LAST,
         (folder / name).unlink(missing_ok=True)
     with contextlib.suppress(OSError):
         folder.rmdir()
-
-
-def export(src: str | os.PathLike, fmt: str, out: str | os.PathLike) -> Path:
-    """Write the backbone alone as safetensors (state dict), TorchScript (traced) or ONNX; return the file."""
-    if fmt not in EXPORT_FORMATS:
-        raise MedsslError(f"export format {fmt!r} is not one of {', '.join(EXPORT_FORMATS)}")
-    backbone, config = backbone_from_checkpoint(src)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    example = _example(config)
-    if fmt == "safetensors":
-        _export_safetensors(backbone, config, out)
-    elif fmt == "torchscript":
-        with torch.no_grad():
-            torch.jit.save(torch.jit.trace(backbone, example), str(out))
-    else:
-        _export_onnx(backbone, example, out)
-    return out
-
-
-def _export_safetensors(backbone: nn.Module, config: Mapping[str, Any], out: Path) -> None:
-    try:
-        from safetensors.torch import save_file
-    except ImportError:
-        raise MedsslError("safetensors export needs the 'safetensors' package (pip install safetensors)") from None
-    state = {k: v.detach().contiguous() for k, v in backbone.state_dict().items()}
-    m, d = config["model"], config["data"]
-    # enough to rebuild the module with create_backbone before load_state_dict
-    meta = {"backbone": m["backbone"], "stem": str(m.get("stem") or ""), "patch_size": str(m.get("patch_size") or ""),
-            "depth": str(m.get("depth") or ""), "in_channels": str(d["channels"]), "image_size": str(d["size"]),
-            "feature_dim": str(getattr(backbone, "feature_dim", "")), "medssl_version": __version__}
-    save_file(state, str(out), metadata=meta)
-
-
-def _export_onnx(backbone: nn.Module, example: Tensor, out: Path) -> None:
-    try:
-        import onnx  # noqa: F401  (torch's exporter needs it; say so before torch fails deep inside)
-    except ImportError:
-        raise MedsslError("ONNX export needs the 'onnx' package (pip install onnx)") from None
-    with torch.no_grad():
-        torch.onnx.export(backbone, (example,), str(out), dynamo=False, input_names=["image"],
-                          output_names=["features"], dynamic_axes={"image": {0: "batch"}, "features": {0: "batch"}},
-                          opset_version=17)

@@ -60,13 +60,12 @@ def cmd_data_index(args: argparse.Namespace) -> int:
 
 def _load(source: str | None, skip_bad: bool, quiet: bool, tmp: str) -> tuple[list, list, str]:
     from medssl.data.sources import check_images, load_source
-    from medssl.synthetic import write_synthetic
+    from medssl.synthetic.builtin import builtin_source, describe
 
     if source is None:
-        manifest = write_synthetic(Path(tmp) / "synthetic", 40, 64, 0, progress=False)
-        source = "built-in synthetic chest radiographs (40 patients, 64 px, seed 0)"
+        manifest = builtin_source(Path(tmp) / "synthetic", progress=not quiet)
         records, bad = load_source(manifest, progress=not quiet)
-        return records, bad, source
+        return records, bad, describe()
     records, bad = load_source(source, skip_bad=skip_bad, progress=not quiet)
     if skip_bad:
         n = len(records)
@@ -149,7 +148,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Write a run's backbone alone as safetensors, TorchScript or ONNX."""
-    from medssl.checkpoint import export
+    from medssl.export import export
 
     suffix = {"safetensors": ".safetensors", "torchscript": ".pt", "onnx": ".onnx"}[args.format]
     out = Path(args.out) if args.out else Path(args.run) / f"backbone{suffix}"
@@ -161,22 +160,65 @@ def _protocols(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
+def _names(text: str) -> tuple[str, ...]:
+    names = tuple(t.strip() for t in text.split(","))
+    if not all(names) or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"expected distinct comma-separated names, got {text!r}")
+    return names
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Linear probe, kNN, fine-tuning (and segmentation) at label fractions, against a scratch baseline."""
     from medssl.evaluate.run import EvalOptions, run_evaluate
 
     ckpt = Path(args.checkpoint)
     out = Path(args.out) if args.out else (ckpt if ckpt.is_dir() else ckpt.parent.parent) / "evaluate"
+    steps = args.finetune_steps if args.finetune_steps is not None or args.finetune_epochs else 300
     opts = EvalOptions(checkpoint=args.checkpoint, data=args.data, out=out, protocols=tuple(args.protocol),
                        fractions=tuple(args.fractions), seeds=args.seeds, baseline=args.baseline,
-                       finetune_steps=args.finetune_steps, segment_steps=args.finetune_steps,
+                       finetune_steps=steps, finetune_epochs=args.finetune_epochs, finetune_lr=args.finetune_lr,
+                       finetune_patience=None if args.finetune_patience == 0 else args.finetune_patience,
+                       segment_steps=args.segment_steps or steps or 300, segment_lr=args.segment_lr,
+                       segment_patience=args.segment_patience or None, keep_bundles=not args.no_bundles,
                        finetune_head=args.finetune_head, finetune_freeze_bn=args.finetune_bn == "frozen",
-                       n_boot=args.n_boot,
+                       n_boot=args.n_boot, mask_encoding=args.mask_encoding, mask_classes=args.mask_classes,
                        task=args.task, progress=not args.quiet)
     metrics = run_evaluate(opts)
     print((out / "results.md").read_text(), end="")
     print(f"wrote {out / 'metrics.json'}, {out / 'results.md'} and {out / 'report.html'} "
           f"in {metrics['seconds']:.0f} s")
+    for protocol, path in metrics.get("bundles", {}).items():
+        print(f"kept the best {protocol} classifier (on validation) as {path}: medssl predict {path} IMAGE...")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Class probabilities of each image from a classifier bundle."""
+    from medssl.data.io import IMAGE_SUFFIXES
+    from medssl.inference import load_bundle, predict
+
+    bundle = load_bundle(args.bundle)
+    paths: list[Path] = []
+    for item in args.images:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and (f.suffix.lower() in IMAGE_SUFFIXES
+                                                                        or f.name.lower().endswith(".nii.gz")))
+            if not found:
+                raise MedsslError(f"{p}: no image files in this folder")
+            paths += found
+        elif not p.is_file():
+            raise MedsslError(f"{p}: no such image file or folder")
+        else:
+            paths.append(p)
+    results = predict(bundle, paths)
+    if args.json:
+        print(json.dumps({"bundle": str(args.bundle), "task": bundle.task.kind if bundle.task else None,
+                          "results": results}, indent=2))
+        return 0
+    for r in results:
+        probs = ", ".join(f"{k} {v:.3f}" for k, v in r["probabilities"].items())
+        print(f"{r['image']}: {'+'.join(r['predicted']) or '(none)'}  [{probs}]")
     return 0
 
 
@@ -226,17 +268,41 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--fractions", type=_floats, default=[0.01, 0.1, 1.0], help="label fractions (default 0.01,0.1,1)")
     ev.add_argument("--seeds", type=int, default=3)
     ev.add_argument("--baseline", choices=["scratch"], default=None, help="also fine-tune from random initialisation")
-    ev.add_argument("--finetune-steps", type=int, default=300, help="budget of each fine-tuning run (default 300)")
+    ev.add_argument("--finetune-steps", type=int, default=None, help="budget of each fine-tuning run (default 300)")
+    ev.add_argument("--finetune-epochs", type=int, default=None, help="budget in passes over the labelled subset "
+                    "instead of steps")
+    ev.add_argument("--finetune-lr", type=float, default=1e-3, help="head learning rate (backbone: a tenth of it for "
+                    "a pretrained backbone; default 1e-3)")
+    ev.add_argument("--finetune-patience", type=int, default=6, help="validation scores without improvement before "
+                    "stopping (0: never stop early; default 6)")
+    ev.add_argument("--segment-steps", type=int, default=None, help="segmentation budget (default: the fine-tuning "
+                    "steps)")
+    ev.add_argument("--segment-lr", type=float, default=1e-3, help="segmentation decoder learning rate (default 1e-3)")
+    ev.add_argument("--segment-patience", type=int, default=0, help="segmentation early stopping (0: never, default)")
+    ev.add_argument("--no-bundles", action="store_true", help="do not keep the best classifier of each protocol")
     ev.add_argument("--finetune-head", choices=["probe", "random"], default="probe",
                     help="head a pretrained backbone's fine-tuning starts from: the linear probe's (LP-FT, default) "
                          "or a random one")
     ev.add_argument("--finetune-bn", choices=["frozen", "train"], default="frozen",
                     help="a pretrained backbone's BatchNorm statistics while fine-tuning: kept (default) or updated")
     ev.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the CIs (default 1000)")
+    ev.add_argument("--mask-encoding", choices=["label", "binary", "bits"],
+                    help="segment: how mask files hold classes: label (0 = background, 1..K), binary (nonzero = the "
+                         "class) or bits (bit k = class k); default: the manifest's mask_encoding column, else "
+                         "binary if the masks are 0/1 or 0/255")
+    ev.add_argument("--mask-classes", type=_names, metavar="A,B,...",
+                    help="segment: mask class names in encoding order (default: the manifest's mask_classes "
+                         "column; 'foreground' for binary masks)")
     ev.add_argument("--task", choices=["binary", "multiclass", "multilabel"], help="default: inferred from labels")
     ev.add_argument("--out", help="results folder (default CHECKPOINT_RUN/evaluate)")
     ev.add_argument("--quiet", action="store_true", help="no progress bars")
     ev.set_defaults(func=cmd_evaluate)
+
+    pr = sub.add_parser("predict", help="class probabilities of images from a classifier bundle (medssl evaluate's)")
+    pr.add_argument("bundle", help="bundle file (RUN/evaluate/bundles/finetune.pt) or run folder")
+    pr.add_argument("images", nargs="+", help="image files (PNG, JPEG, TIFF, DICOM, NIfTI) or folders")
+    pr.add_argument("--json", action="store_true", help="one JSON object instead of one line per image")
+    pr.set_defaults(func=cmd_predict)
 
     data = sub.add_parser("data", help="synthesise, index, inspect and split data").add_subparsers(
         dest="data_command", required=True)

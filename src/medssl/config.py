@@ -7,25 +7,21 @@ config, and loading that file gives an equal object.
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
-import inspect
-import math
 import os
-import types
-import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from medssl.errors import MedsslError
+from medssl.methods import method
+from medssl.models.factory import ModelSpec
+from medssl.optim import OptimConfig
+from medssl.schema import bad, check_choice, check_positive, from_mapping, plain
+from medssl.synthetic.builtin import BUILTIN_PATIENTS, BUILTIN_SEED
+from medssl.train import TrainConfig
 
-PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
-OPTIMIZERS = ("adamw", "lars", "sgd")
-SCHEDULES = ("cosine", "constant")
-ACCELERATORS = ("auto", "cpu", "cuda", "gpu", "mps")
 PAIR_BY = ("patient", "study")
 
 
@@ -35,8 +31,8 @@ class DataConfig:
 
     source: str | None = None  # manifest .csv, folder, .npz or image; None = built-in synthetic data
     split: str | None = "train"  # records of this split (all when the source has no splits); None = all
-    synthetic_patients: int = 200  # only when source is None
-    synthetic_seed: int = 0
+    synthetic_patients: int = BUILTIN_PATIENTS  # only when source is None (medssl.synthetic.builtin)
+    synthetic_seed: int = BUILTIN_SEED
     size: int = 64  # side of the decoded and augmented images
     channels: int = 1  # grayscale is repeated to 3 channels for 3
     augment: str = "chest_xray"  # preset name of medssl.data.augment.PRESETS
@@ -49,49 +45,13 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """Backbone and method options; kwargs go to the method's constructor and are checked against it."""
+    """Backbone and the method's options; `options` is parsed into the method's own typed Options dataclass."""
 
     backbone: str = "resnet18"
     stem: str | None = None  # ResNet stem: cifar, small, imagenet; None = chosen from the image size
     patch_size: int | None = None  # ViT only; None = chosen from the image size
     depth: int | None = None  # ViT only; None = the named model's depth
-    kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. {temperature: 0.1, proj_dim: 128}
-
-
-@dataclass
-class OptimConfig:
-    """Optimiser and learning-rate schedule (linear warm-up, then cosine to min_lr_ratio * lr)."""
-
-    name: str = "adamw"
-    lr: float = 1e-3
-    weight_decay: float = 1e-4  # not applied to biases and normalisation parameters
-    momentum: float = 0.9  # sgd and lars
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adamw
-    lars_eta: float = 0.001  # LARS trust coefficient
-    warmup_steps: int = 0
-    warmup_epochs: float = 0.0  # alternative to warmup_steps; at most one of the two is set
-    schedule: str = "cosine"
-    min_lr_ratio: float = 0.0
-    grad_clip: float | None = None  # max global gradient norm; None = no clipping
-
-
-@dataclass
-class TrainConfig:
-    """Length, devices and bookkeeping of a run. Exactly one of steps and epochs is set."""
-
-    steps: int | None = None
-    epochs: int | None = 10
-    precision: str = "32-true"
-    accelerator: str = "auto"
-    devices: int = 1  # processes per node
-    num_nodes: int = 1
-    strategy: str = "auto"  # auto, ddp (launches a copy of the command per extra process), ddp_spawn, ...
-    seed: int = 0
-    log_every: int = 10
-    checkpoint_every: int = 500  # steps; also at the end
-    collapse_threshold: float = 1e-3  # warn when the method's z_std falls below this
-    channels_last: bool = False  # memory format of the model and 4D batch tensors
-    threads: int | None = None  # torch intra-op threads; None = torch's default
+    options: Any = None  # e.g. {temperature: 0.1, proj_dim: 128}; checked by the method's Options
 
 
 @dataclass
@@ -109,188 +69,64 @@ class PretrainConfig:
         """Processes over all nodes."""
         return self.train.devices * self.train.num_nodes
 
-
-def _suggest(key: str, known: list[str]) -> str:
-    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(known)}"
-
-
-def _is_optional(tp: Any) -> tuple[bool, Any]:
-    """(True, X) for `X | None`, else (False, tp)."""
-    args = typing.get_args(tp)
-    if typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in args:
-        rest = [a for a in args if a is not type(None)]
-        return True, rest[0]
-    return False, tp
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """value checked (and int -> float widened) against a field type; MedsslError naming the key otherwise."""
-    optional, tp = _is_optional(tp)
-    if value is None:
-        if optional:
-            return None
-        raise MedsslError(f"config: {key} must not be empty (null)")
-    origin = typing.get_origin(tp) or tp
-    ok = True
-    if tp is bool:
-        ok = isinstance(value, bool)
-    elif tp is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif tp is float:
-        value = _yaml11_float(value)
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        value = float(value) if ok else value
-    elif tp is str:
-        ok = isinstance(value, (str, int, float)) and not isinstance(value, bool)
-        value = str(value) if ok else value  # `precision: 32` is the string '32'
-    elif origin is dict:
-        ok = isinstance(value, dict) and all(isinstance(k, str) for k in value)
-        value = {k: _plain(v) for k, v in value.items()} if ok else value
-    elif origin is list:
-        ok = isinstance(value, (list, tuple))
-        value = [_coerce(v, typing.get_args(tp)[0], f"{key}[{i}]") for i, v in enumerate(value)] if ok else value
-    if not ok:
-        raise MedsslError(f"config: {key}={value!r} has the wrong type; expected {_type_name(tp)}")
-    return value
-
-
-def _yaml11_float(value: Any) -> Any:
-    """'1e-3' as a number: PyYAML follows YAML 1.1, which reads exponents without a dot as strings."""
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
-
-
-def _type_name(tp: Any) -> str:
-    return {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}.get(
-        tp, "a mapping" if typing.get_origin(tp) is dict else "a list" if typing.get_origin(tp) is list else str(tp))
-
-
-def _plain(value: Any) -> Any:
-    """Tuples become lists, so that a config survives a YAML round trip unchanged."""
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
-
-
-def _from_dict(cls: type, data: Any, prefix: str) -> Any:
-    """Build dataclass `cls` from a mapping, checking keys and types recursively."""
-    where = prefix.rstrip(".") or "the top level"
-    if not isinstance(data, dict):
-        raise MedsslError(f"config: {where} must be a mapping of keys to values, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in data.items():
-        if key not in names:
-            raise MedsslError(f"config: unknown key {prefix}{key}{_suggest(str(key), names)}")
-        tp = hints[key]
-        if dataclasses.is_dataclass(tp):
-            kwargs[key] = _from_dict(tp, value if value is not None else {}, f"{prefix}{key}.")
-        else:
-            kwargs[key] = _coerce(value, tp, f"{prefix}{key}")
-    return cls(**kwargs)
+    def model_spec(self) -> ModelSpec:
+        """The typed model spec of this run (stored in its checkpoints)."""
+        m = self.model
+        return ModelSpec(m.backbone, m.stem, m.patch_size, m.depth, self.data.channels, self.data.size,
+                         self.method, m.options)
 
 
 def from_dict(data: dict[str, Any]) -> PretrainConfig:
-    """A validated PretrainConfig from a plain mapping (as read from YAML)."""
-    return validate(_from_dict(PretrainConfig, data, ""))
+    """A validated PretrainConfig from a plain mapping (as read from YAML); model.options asks the method."""
+    cfg = from_mapping(PretrainConfig, data, "")
+    options_type = method(cfg.method).Options
+    options = cfg.model.options
+    if options is not None and not isinstance(options, dict):
+        raise bad("model.options", options, "must be a mapping of the method's options")
+    cfg.model.options = from_mapping(options_type, options or {}, "model.options.")
+    return validate(cfg)
 
 
 def to_dict(cfg: PretrainConfig) -> dict[str, Any]:
     """The config as plain YAML-able data."""
-    return _plain(dataclasses.asdict(cfg))
-
-
-def _bad(key: str, value: Any, why: str) -> MedsslError:
-    return MedsslError(f"config: {key}={value!r} {why}")
-
-
-def _check_positive(cfg: Any, prefix: str, names: tuple[str, ...], allow_zero: bool = False) -> None:
-    for name in names:
-        v = getattr(cfg, name)
-        if v is not None and (not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero)):
-            raise _bad(f"{prefix}.{name}", v, "must be " + ("zero or positive" if allow_zero else "positive"))
-
-
-def _check_choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise _bad(key, value, f"must be one of {', '.join(choices)}")
+    return plain(cfg)
 
 
 def _validate_data(cfg: PretrainConfig) -> None:
     from medssl.data.augment import preset  # checks the preset name and every override field and value
 
     d = cfg.data
-    _check_positive(d, "data", ("size", "channels", "batch_size", "synthetic_patients", "prefetch_factor"))
-    _check_positive(d, "data", ("num_workers", "synthetic_seed"), allow_zero=True)
+    check_positive(d, "data", ("size", "channels", "batch_size", "synthetic_patients", "prefetch_factor"))
+    check_positive(d, "data", ("num_workers", "synthetic_seed"), allow_zero=True)
     if d.channels not in (1, 3):
-        raise _bad("data.channels", d.channels, "must be 1 or 3")
-    _check_choice("data.pair_by", d.pair_by, PAIR_BY)
+        raise bad("data.channels", d.channels, "must be 1 or 3")
+    check_choice("data.pair_by", d.pair_by, PAIR_BY)
     if "size" in d.augment_overrides:
-        raise _bad("data.augment_overrides.size", d.augment_overrides["size"], "is set by data.size; remove it")
+        raise bad("data.augment_overrides.size", d.augment_overrides["size"], "is set by data.size; remove it")
     try:
         preset(d.augment, d.size, **{k: tuple(v) if isinstance(v, list) else v for k, v in d.augment_overrides.items()})
     except MedsslError as e:
         raise MedsslError(f"config: data.augment / data.augment_overrides: {e}") from None
     world = cfg.world_size
     if d.batch_size % world:
-        raise _bad("data.batch_size", d.batch_size, f"must be a multiple of the {world} processes (it is the global batch)")
-    if cfg.method != "mae" and d.batch_size // world < 2:
-        raise _bad("data.batch_size", d.batch_size, f"is too small: {cfg.method} needs at least 2 images per process "
-                   "(contrastive negatives and BatchNorm)")
+        raise bad("data.batch_size", d.batch_size, f"must be a multiple of the {world} processes (it is the global batch)")
+    need = method(cfg.method).batch.min_per_process
+    if d.batch_size // world < need:
+        raise bad("data.batch_size", d.batch_size, f"is too small: {cfg.method} needs at least {need} images per "
+                  "process (contrastive negatives and BatchNorm)")
 
 
 def _validate_model(cfg: PretrainConfig) -> None:
-    from medssl.methods import METHODS
-
-    _check_choice("method", cfg.method, tuple(METHODS))
-    params = inspect.signature(METHODS[cfg.method]).parameters
-    known = sorted(set(params) - {"backbone", "feature_dim"})
-    for key in cfg.model.kwargs:
-        if key not in known:
-            raise MedsslError(f"config: unknown key model.kwargs.{key} for method {cfg.method}{_suggest(key, known)}")
-    _check_positive(cfg.model, "model", ("patch_size", "depth"))
-
-
-def _validate_optim(o: OptimConfig) -> None:
-    _check_choice("optim.name", o.name, OPTIMIZERS)
-    _check_choice("optim.schedule", o.schedule, SCHEDULES)
-    _check_positive(o, "optim", ("lr", "grad_clip", "lars_eta"))
-    _check_positive(o, "optim", ("weight_decay", "momentum", "warmup_steps", "warmup_epochs", "min_lr_ratio"),
-                    allow_zero=True)
-    if o.momentum >= 1 or o.min_lr_ratio > 1:
-        raise _bad("optim.momentum" if o.momentum >= 1 else "optim.min_lr_ratio",
-                   o.momentum if o.momentum >= 1 else o.min_lr_ratio, "must be below 1" if o.momentum >= 1 else
-                   "must be at most 1")
-    if len(o.betas) != 2 or not all(0 <= b < 1 for b in o.betas):
-        raise _bad("optim.betas", o.betas, "must be two numbers in [0, 1)")
-    if o.warmup_steps and o.warmup_epochs:
-        raise _bad("optim.warmup_epochs", o.warmup_epochs, "cannot be set together with optim.warmup_steps")
-
-
-def _validate_train(t: TrainConfig) -> None:
-    if (t.steps is None) == (t.epochs is None):
-        raise MedsslError(f"config: set exactly one of train.steps ({t.steps}) and train.epochs ({t.epochs}); "
-                          "the other must be null")
-    _check_positive(t, "train", ("steps", "epochs", "devices", "num_nodes", "log_every", "checkpoint_every", "threads"))
-    _check_positive(t, "train", ("seed", "collapse_threshold"), allow_zero=True)
-    _check_choice("train.precision", t.precision, PRECISIONS)
-    _check_choice("train.accelerator", t.accelerator, ACCELERATORS)
+    cfg.model.options.validate()  # the method's own checks
+    check_positive(cfg.model, "model", ("patch_size", "depth"))
 
 
 def validate(cfg: PretrainConfig) -> PretrainConfig:
     """Check values (types are checked on loading); raise MedsslError naming the key and value; return cfg."""
-    _validate_train(cfg.train)
+    cfg.train.validate()
     _validate_model(cfg)
     _validate_data(cfg)
-    _validate_optim(cfg.optim)
+    cfg.optim.validate()
     return cfg
 
 

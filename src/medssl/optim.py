@@ -4,12 +4,51 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from medssl.config import OptimConfig
+from medssl.models.trainable import Trainable
+from medssl.schema import bad, check_choice, check_positive
+
+OPTIMIZERS = ("adamw", "lars", "sgd")
+SCHEDULES = ("cosine", "constant")
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser and learning-rate schedule (linear warm-up, then cosine to min_lr_ratio * lr)."""
+
+    name: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 1e-4  # not applied to biases and normalisation parameters
+    momentum: float = 0.9  # sgd and lars
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adamw
+    lars_eta: float = 0.001  # LARS trust coefficient
+    warmup_steps: int = 0
+    warmup_epochs: float = 0.0  # alternative to warmup_steps; at most one of the two is set
+    schedule: str = "cosine"
+    min_lr_ratio: float = 0.0
+    grad_clip: float | None = None  # max global gradient norm; None = no clipping
+
+    def validate(self) -> "OptimConfig":
+        """Raise MedsslError naming the first bad value; return self."""
+        check_choice("optim.name", self.name, OPTIMIZERS)
+        check_choice("optim.schedule", self.schedule, SCHEDULES)
+        check_positive(self, "optim", ("lr", "grad_clip", "lars_eta"))
+        check_positive(self, "optim", ("weight_decay", "momentum", "warmup_steps", "warmup_epochs", "min_lr_ratio"),
+                       allow_zero=True)
+        if self.momentum >= 1:
+            raise bad("optim.momentum", self.momentum, "must be below 1")
+        if self.min_lr_ratio > 1:
+            raise bad("optim.min_lr_ratio", self.min_lr_ratio, "must be at most 1")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise bad("optim.betas", self.betas, "must be two numbers in [0, 1)")
+        if self.warmup_steps and self.warmup_epochs:
+            raise bad("optim.warmup_epochs", self.warmup_epochs, "cannot be set together with optim.warmup_steps")
+        return self
 
 
 def lr_factor(step: int, warmup: int, total: int, schedule: str = "cosine", min_ratio: float = 0.0) -> float:
@@ -59,13 +98,13 @@ class LARS(torch.optim.Optimizer):
         return loss
 
 
-def make_optimizer(model: nn.Module, optim: OptimConfig) -> torch.optim.Optimizer:
+def make_optimizer(model: Trainable, optim: OptimConfig) -> torch.optim.Optimizer:
     """AdamW, LARS or SGD; weight decay (and LARS adaptation) skip biases and normalisation parameters (ndim < 2).
 
-    Parameters under a prefix of the model's optional `lr_scales` get lr * scale; unscaled groups come first, so
-    param_groups[0] (the logged lr) has the base lr. Without lr_scales: two groups, as always (resume-compatible).
+    Parameters under a prefix of the model's `lr_scales()` get lr * scale; unscaled groups come first, so
+    param_groups[0] (the logged lr) has the base lr. Without scales: two groups, as always (resume-compatible).
     """
-    scales: dict[str, float] = getattr(model, "lr_scales", {})
+    scales: dict[str, float] = model.lr_scales()
     by_scale: dict[float, tuple[list[Tensor], list[Tensor]]] = {}
     for name, p in model.named_parameters():
         if p.requires_grad:

@@ -21,43 +21,35 @@ from medssl.checkpoint import last_checkpoint
 from medssl.config import PretrainConfig, load_config, read_yaml, save_config, to_dict
 from medssl.data.augment import preset
 from medssl.data.datasets import BatchDataset, EpochLoader, ImageDataset, MultiInstanceDataset
+from medssl.data.preprocess import Preprocess
 from medssl.data.records import Record
 from medssl.errors import MedsslError
-from medssl.train import fit, launch_script, make_fabric
+from medssl.methods import build_model, method
+from medssl.synthetic.builtin import builtin_source
+from medssl.train import RunSpec, fit, launch_script, make_fabric
 
 CONFIG = "config.yaml"
 METRICS = "metrics.json"
 SYNTHETIC_DIR = "data"
 
 
-def build_model(cfg: PretrainConfig) -> nn.Module:
-    """The method module of a config (backbone + heads), freshly initialised from the global torch RNG."""
-    from medssl.methods import build_method
-
-    m = cfg.model
-    options = {k: v for k, v in (("stem", m.stem), ("patch_size", m.patch_size), ("depth", m.depth)) if v is not None}
-    return build_method(cfg.method, m.backbone, cfg.data.channels, cfg.data.size, backbone_options=options, **m.kwargs)
-
-
 def data_source(cfg: PretrainConfig, run_dir: Path) -> Path:
-    """The source to read: data.source, or the synthetic manifest inside the run folder."""
+    """The source to read: data.source, or the built-in synthetic manifest inside the run folder."""
     if cfg.data.source is not None:
         return Path(cfg.data.source)
     return Path(run_dir) / SYNTHETIC_DIR / "manifest.csv"
 
 
 def write_data(cfg: PretrainConfig, run_dir: Path, progress: bool) -> None:
-    """Generate the built-in synthetic data into run_dir/data when the config names no source (once)."""
-    manifest = data_source(cfg, run_dir)
-    if cfg.data.source is None and not manifest.is_file():
-        from medssl.synthetic import write_synthetic
-
-        write_synthetic(manifest.parent, cfg.data.synthetic_patients, cfg.data.size, cfg.data.synthetic_seed,
-                        progress=progress)
+    """Write the built-in synthetic data into run_dir/data when the config names no source (once)."""
+    if cfg.data.source is None:
+        d = cfg.data
+        builtin_source(Path(run_dir) / SYNTHETIC_DIR, size=d.size, patients=d.synthetic_patients,
+                       seed=d.synthetic_seed, progress=progress)
 
 
 def load_records(cfg: PretrainConfig, run_dir: Path, progress: bool = False) -> list[Record]:
-    """The training records: the whole source, or its data.split part when the source has splits (MedMNIST)."""
+    """The training records: the whole source, or its data.split part when the source has splits."""
     from medssl.data.sources import load_source
 
     source = data_source(cfg, run_dir)
@@ -70,17 +62,27 @@ def load_records(cfg: PretrainConfig, run_dir: Path, progress: bool = False) -> 
     return records
 
 
-def make_loader(cfg: PretrainConfig, records: list[Record], progress: bool, rank: int, world_size: int) -> EpochLoader:
-    """This rank's batches: decode the images, pair them (MICLe), augment whole batches in worker processes."""
-    from medssl.methods import BATCH_KEYS
+def preprocess_of(cfg: PretrainConfig) -> Preprocess:
+    """The model-input function of a run (stored in its checkpoints)."""
+    return Preprocess(cfg.data.size, cfg.data.channels)
 
-    d = cfg.data
-    images = ImageDataset(records, d.size, progress=progress and rank == 0)
-    pairs = MultiInstanceDataset(images, d.pair_by, cfg.train.seed) if cfg.method == "micle" else None
+
+def make_loader(cfg: PretrainConfig, records: list[Record], progress: bool, rank: int, world_size: int) -> EpochLoader:
+    """This rank's batches, as the method declared them: decoded images, partners when it pairs a patient's
+    images, whole augmented batches made in worker processes."""
+    d, spec = cfg.data, method(cfg.method).batch
+    images = ImageDataset(records, preprocess_of(cfg), progress=progress and rank == 0)
+    pairs = MultiInstanceDataset(images, d.pair_by, cfg.train.seed) if spec.partner else None
     overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in d.augment_overrides.items()}
-    dataset = BatchDataset(images, d.batch_size, BATCH_KEYS[cfg.method], preset(d.augment, d.size, **overrides),
+    dataset = BatchDataset(images, d.batch_size, spec, preset(d.augment, d.size, **overrides),
                            seed=cfg.train.seed, rank=rank, world_size=world_size, pairs=pairs, channels=d.channels)
     return EpochLoader(dataset, d.num_workers, d.prefetch_factor)
+
+
+def run_spec(cfg: PretrainConfig, source: str) -> RunSpec:
+    """What fit runs, and what every checkpoint records beside the weights (config, model spec, preprocess)."""
+    return RunSpec(cfg.train, cfg.optim, record={"config": to_dict(cfg), "spec": cfg.model_spec().to_dict(),
+                                                 "preprocess": preprocess_of(cfg).to_dict(), "trained_on": source})
 
 
 def check_run_dir(cfg: PretrainConfig, run_dir: Path, resume: bool) -> None:
@@ -133,14 +135,15 @@ def run_pretrain(config: PretrainConfig, run_dir: str | os.PathLike, *, resume: 
     if multi:
         fabric.barrier()  # the data exist before any process reads them
     records = load_records(config, run_dir, progress=False)
-    if rank0 and config.method == "micle" and len({r.patient_id for r in records}) == len(records):
-        print("note: every patient has a single image, so MICLe pairs each image with itself (plain SimCLR)",
-              flush=True)
+    if rank0 and method(config.method).batch.partner and len({r.patient_id for r in records}) == len(records):
+        print(f"note: every patient has a single image, so {config.method} pairs each image with itself "
+              "(plain SimCLR)", flush=True)
     torch.manual_seed(config.train.seed)  # every process builds the same initial weights
-    model = build_model(config)
+    model = build_model(config.model_spec())
     t0 = time.perf_counter()
     loader = functools.partial(make_loader, config, records, progress)
-    result = fit(model, loader, config, run_dir, resume=resume, init=init, progress=progress, fabric=fabric)
+    spec = run_spec(config, str(config.data.source or "built-in synthetic chest radiographs"))
+    result = fit(model, loader, spec, run_dir, resume=resume, init=init, progress=progress, fabric=fabric)
     metrics = {"method": config.method, "backbone": config.model.backbone, "images": len(records),
                **result, "wall_seconds": time.perf_counter() - t0, "version": __version__}
     if rank0:

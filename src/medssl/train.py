@@ -1,12 +1,13 @@
 """The one training loop, `fit`: Lightning Fabric (devices, DDP, precision), optimiser and schedule, logging,
 collapse monitor, NaN guard, and checkpoints that resume exactly.
 
-fit knows nothing of the model: a method is an nn.Module whose forward(batch) returns a dict with "loss" (other
-0-d tensors are logged), with an optional on_step(step, total_steps) called after every optimiser step (momentum
-encoders), and an optional `lr_scales` dict (parameter-name prefix -> lr multiplier, e.g. {"backbone": 0.1} when
-fine-tuning). Batches come from `make_loader(rank, world_size)`, which returns a BatchSource: len() batches per
-epoch and epoch(e, start) iterating batches start.. of epoch e, each a pure function of (epoch, batch) - that is
-what lets a resumed run continue at the exact next batch (see medssl.data.datasets).
+fit knows nothing of the model beyond the typed contract of `medssl.models.trainable.Trainable`: forward(batch)
+returns a dict with "loss" (other 0-d tensors are logged), lr_scales() gives per-prefix learning-rate multipliers,
+on_step(step, total_steps) runs after every optimiser step (momentum encoders). What to run is one typed `RunSpec`
+(the loop's settings, the optimiser, an optional Validation, what to keep) that pretraining, fine-tuning and
+segmentation all fill. Batches come from `make_loader(rank, world_size)`, which returns a BatchSource: len()
+batches per epoch and epoch(e, start) iterating batches start.. of epoch e, each a pure function of (epoch,
+batch) - that is what lets a resumed run continue at the exact next batch (see medssl.data.datasets).
 An optional `Validation` scores the model every few steps, keeps the best weights and stops early (fine-tuning).
 """
 
@@ -30,12 +31,48 @@ from lightning_fabric import Fabric
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from medssl.checkpoint import (BEST, atomic_save, last_checkpoint, load_checkpoint, load_weights, rng_state,
-                               save_checkpoint, set_rng_state)
-from medssl.config import TrainConfig, to_dict
+from medssl.checkpoint import (BEST, atomic_save, drop_checkpoints, last_checkpoint, load_checkpoint, load_weights,
+                               rng_state, save_checkpoint, set_rng_state)
 from medssl.errors import MedsslError
-from medssl.optim import lr_factor, make_optimizer
+from medssl.models.trainable import Trainable
+from medssl.optim import OptimConfig, lr_factor, make_optimizer
 from medssl.runlog import RunLog
+from medssl.schema import check_choice, check_positive
+
+PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
+ACCELERATORS = ("auto", "cpu", "cuda", "gpu", "mps")
+
+
+@dataclass
+class TrainConfig:
+    """Length, devices and bookkeeping of a run (a config's `train:` section). Exactly one of steps and epochs."""
+
+    steps: int | None = None
+    epochs: int | None = 10
+    precision: str = "32-true"
+    accelerator: str = "auto"
+    devices: int = 1  # processes per node
+    num_nodes: int = 1
+    strategy: str = "auto"  # auto, ddp (launches a copy of the command per extra process), ddp_spawn, ...
+    seed: int = 0
+    log_every: int = 10
+    checkpoint_every: int = 500  # steps; also at the end
+    collapse_threshold: float = 1e-3  # warn when the method's z_std falls below this
+    channels_last: bool = False  # memory format of the model and 4D batch tensors
+    threads: int | None = None  # torch intra-op threads; None = torch's default
+    sync_bn: bool = False  # under DDP: BatchNorm statistics over every process's batch (SyncBatchNorm)
+
+    def validate(self) -> "TrainConfig":
+        """Raise MedsslError naming the first bad value; return self."""
+        if (self.steps is None) == (self.epochs is None):
+            raise MedsslError(f"config: set exactly one of train.steps ({self.steps}) and train.epochs "
+                              f"({self.epochs}); the other must be null")
+        check_positive(self, "train", ("steps", "epochs", "devices", "num_nodes", "log_every", "checkpoint_every",
+                                       "threads"))
+        check_positive(self, "train", ("seed", "collapse_threshold"), allow_zero=True)
+        check_choice("train.precision", self.precision, PRECISIONS)
+        check_choice("train.accelerator", self.accelerator, ACCELERATORS)
+        return self
 
 
 class BatchSource(Protocol):
@@ -86,6 +123,23 @@ class Validation:
     at_start: bool = False
 
 
+@dataclass
+class RunSpec:
+    """Everything fit needs besides the model and its batches.
+
+    train: length, devices, precision, seed, logging and checkpoint cadence; optim: optimiser and schedule;
+    validation: score, keep the best weights, stop early; keep_checkpoints: False removes last.pt / best.pt at
+    the end (an evaluation keeps its numbers and log.csv; a bundle is written separately); record: plain data
+    saved in every checkpoint beside the weights (the resolved config, the model spec, the preprocess).
+    """
+
+    train: TrainConfig
+    optim: OptimConfig
+    validation: Validation | None = None
+    keep_checkpoints: bool = True
+    record: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
 class _EarlyStop:
     """Validation state of a run: the curve, the best score, its step and weights (a CPU copy), scores since."""
 
@@ -126,52 +180,55 @@ class _EarlyStop:
                 "stopped_early": self.stopped}
 
 
-def fit(model: nn.Module, make_loader: MakeLoader, cfg: Any, run_dir: str | Path, *, resume: bool = False,
-        init: str | Path | None = None, progress: bool = True, fabric: Fabric | None = None,
-        validation: Validation | None = None) -> dict[str, Any]:
-    """Train `model` on batches from make_loader; return metrics (of rank 0).
+def fit(model: Trainable, make_loader: MakeLoader, run: RunSpec, run_dir: str | Path, *, resume: bool = False,
+        init: str | Path | None = None, progress: bool = True, fabric: Fabric | None = None) -> dict[str, Any]:
+    """Train `model` on batches from make_loader as `run` says; return metrics (of rank 0).
 
-    cfg: any dataclass with `optim` (OptimConfig) and `train` (TrainConfig), saved whole in checkpoints.
     resume: continue from run_dir/checkpoints/last.pt (model, optimiser, scheduler, position, RNG states).
     init: a checkpoint (or run folder) whose matching weights are loaded first (Azizi's two-stage pretraining).
     fabric: an already launched Fabric (pretrain launches script-based DDP before preparing data); else one is
-    made from cfg.train and launched here (spawned DDP workers run the loop; their functions must pickle).
-    validation: score, keep the best weights and stop early; metrics then add best_step, best_val, val_curve.
+    made from run.train and launched here (spawned DDP workers run the loop; their functions must pickle).
+    With run.validation, metrics add best_step, best_val, val_curve, stopped_early.
     """
-    fabric = fabric or make_fabric(cfg.train)
-    args = (model, make_loader, cfg, Path(run_dir), resume, init, progress, validation)
+    if not isinstance(model, Trainable):
+        raise TypeError(f"fit trains a medssl.models.Trainable, not {type(model).__name__}")
+    fabric = fabric or make_fabric(run.train)
+    args = (model, make_loader, run, Path(run_dir), resume, init, progress)
     if launched(fabric):
         return _worker(fabric, *args)
     return fabric.launch(_worker, *args)
 
 
-def _worker(fabric: Fabric, model: nn.Module, make_loader: MakeLoader, cfg: Any, run_dir: Path, resume: bool,
-            init: str | Path | None, progress: bool, validation: Validation | None = None) -> dict[str, Any]:
+def _worker(fabric: Fabric, model: Trainable, make_loader: MakeLoader, run: RunSpec, run_dir: Path, resume: bool,
+            init: str | Path | None, progress: bool) -> dict[str, Any]:
     """The loop in one process (rank)."""
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
+    if run.train.threads:
+        torch.set_num_threads(run.train.threads)
     loader = make_loader(fabric.global_rank, fabric.world_size)
     try:
-        return _Run(fabric, model, loader, cfg, run_dir, progress, validation).run(resume, init)
+        result = _Run(fabric, model, loader, run, run_dir, progress).run(resume, init)
     finally:
-        close = getattr(loader, "close", None)
+        close = getattr(loader, "close", None)  # a BatchSource may hold worker processes
         if close is not None:
             close()
+    if not run.keep_checkpoints and fabric.global_rank == 0:
+        drop_checkpoints(run_dir)
+    return result
 
 
 class _Run:
     """State of one training run in one process: model, optimiser, schedule, position, log."""
 
-    def __init__(self, fabric: Fabric, model: nn.Module, loader: BatchSource, cfg: Any, run_dir: Path,
-                 progress: bool, validation: Validation | None = None):
-        self.fabric, self.loader, self.cfg, self.run_dir = fabric, loader, cfg, run_dir
-        self.early = _EarlyStop(validation) if validation is not None else None
-        self.train, self.rank0 = cfg.train, fabric.global_rank == 0
+    def __init__(self, fabric: Fabric, model: Trainable, loader: BatchSource, spec: RunSpec, run_dir: Path,
+                 progress: bool):
+        self.fabric, self.loader, self.spec, self.run_dir = fabric, loader, spec, run_dir
+        self.early = _EarlyStop(spec.validation) if spec.validation is not None else None
+        self.train, self.rank0 = spec.train, fabric.global_rank == 0
         self.steps_per_epoch = len(loader)
         if self.steps_per_epoch < 1:
             raise MedsslError("the data set holds less than one batch: lower data.batch_size or add images")
-        self.total = cfg.train.steps or cfg.train.epochs * self.steps_per_epoch
-        o = cfg.optim
+        self.total = self.train.steps or self.train.epochs * self.steps_per_epoch
+        o = spec.optim
         warmup = o.warmup_steps or round(o.warmup_epochs * self.steps_per_epoch)
         self.raw = model
         self.optimizer = make_optimizer(model, o)
@@ -217,7 +274,7 @@ class _Run:
                               f"{str(e).splitlines()[0][:300]}") from None
         self.scheduler.load_state_dict(ckpt["scheduler"])
         for group in self.optimizer.param_groups:  # this config's lr and schedule (a resume may extend the run)
-            group["initial_lr"] = self.cfg.optim.lr * group.get("lr_scale", 1.0)
+            group["initial_lr"] = self.spec.optim.lr * group.get("lr_scale", 1.0)
             group["lr"] = group["initial_lr"] * self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
         self.scheduler.base_lrs = [g["initial_lr"] for g in self.optimizer.param_groups]
         self.step, self.epoch, self.batch = ckpt["step"], ckpt["epoch"], ckpt["batch"]
@@ -265,8 +322,8 @@ class _Run:
         loss = self._global_loss(out["loss"])
         lr = self.optimizer.param_groups[0]["lr"]
         self.fabric.backward(out["loss"])
-        if self.cfg.optim.grad_clip:
-            self.fabric.clip_gradients(self.model, self.optimizer, max_norm=self.cfg.optim.grad_clip)
+        if self.spec.optim.grad_clip:
+            self.fabric.clip_gradients(self.model, self.optimizer, max_norm=self.spec.optim.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
@@ -274,9 +331,7 @@ class _Run:
         self.batch += 1
         if self.batch == self.steps_per_epoch:
             self.epoch, self.batch = self.epoch + 1, 0
-        on_step = getattr(self.raw, "on_step", None)
-        if on_step is not None:
-            on_step(self.step, self.total)
+        self.raw.on_step(self.step, self.total)
         n = _batch_rows(batch) * self.fabric.world_size
         self.images += n
         self.window = (self.window[0], self.window[1] + n)
@@ -372,11 +427,11 @@ class _Run:
             extra["validation"] = early.state()
             if early.weights is not None and not early.saved:  # best.pt first: last.pt may then point at it
                 atomic_save({"model": early.weights, "step": early.best_step, "score": early.best,
-                             "config": _config_dict(self.cfg)}, last_checkpoint(self.run_dir).with_name(BEST))
+                             **self.spec.record}, last_checkpoint(self.run_dir).with_name(BEST))
                 early.saved = True
         save_checkpoint(last_checkpoint(self.run_dir), model=self.raw, optimizer=self.optimizer,
                         scheduler=self.scheduler, step=self.step, epoch=self.epoch, batch=self.batch,
-                        rng=states, config=_config_dict(self.cfg), extra=extra)
+                        rng=states, extra={**self.spec.record, **extra})
 
 
 def _batch_rows(batch: dict[str, Any]) -> int:
@@ -385,10 +440,6 @@ def _batch_rows(batch: dict[str, Any]) -> int:
         if isinstance(v, Tensor) and v.ndim > 0:
             return int(v.shape[0])
     return 0
-
-
-def _config_dict(cfg: Any) -> dict[str, Any]:
-    return to_dict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
 
 
 def _short(keys: list[str], n: int = 6) -> str:

@@ -15,7 +15,7 @@ from medssl.config import OptimConfig, TrainConfig
 from medssl.errors import MedsslError
 from medssl.evaluate.finetune import Classifier, FinetuneConfig, finetune
 from medssl.evaluate.probe import backbone_fingerprint, macro_auc, sanity_check
-from medssl.evaluate.tasks import Task
+from medssl.data.tasks import Task
 from medssl.models.backbones import create_backbone
 from medssl.optim import make_optimizer
 from medssl.train import Validation, fit

@@ -25,8 +25,9 @@ from medssl.evaluate.metrics import (
     fast_auc,
     over_seeds,
     patient_resample_weights,
+    predictions,
 )
-from medssl.evaluate.tasks import Task
+from medssl.data.tasks import Task
 
 BINARY = Task("binary", ("normal", "pneumonia"))
 MULTICLASS = Task("multiclass", ("a", "b", "c"))
@@ -40,11 +41,11 @@ def softmax_scores(rng: np.random.Generator, n: int, c: int) -> np.ndarray:
 
 
 def data(kind: str, n: int = 60, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Targets and scores of one kind in the shapes of evaluate.tasks, with some signal in the scores."""
+    """Targets and scores (N, K) of one kind in the shapes of data.tasks, with some signal in the scores."""
     rng = np.random.default_rng(seed)
     if kind == "binary":
         y = rng.integers(0, 2, n)
-        return y, np.clip(0.35 * y + rng.uniform(0, 0.65, n), 0, 1)
+        return y, np.clip(0.35 * y + rng.uniform(0, 0.65, n), 0, 1)[:, None]   # (N, 1)
     if kind == "multiclass":
         y = np.arange(n) % 3
         return y, (softmax_scores(rng, n, 3) + 0.5 * np.eye(3)[y]) / 1.5  # rows sum to 1
@@ -58,8 +59,9 @@ def sklearn_macros(y: np.ndarray, preds: np.ndarray) -> tuple[float, float, floa
 
 
 def test_binary_equals_sklearn():
-    y, s = data("binary")
-    m = classification_metrics(y, s, BINARY)
+    y, s2 = data("binary")
+    m = classification_metrics(y, s2, BINARY)
+    s = s2[:, 0]                                             # sklearn's binary functions take one score per image
     preds = (s >= 0.5).astype(int)
     assert m["accuracy"] == pytest.approx(accuracy_score(y, preds))
     assert m["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, preds))
@@ -84,7 +86,7 @@ def test_threshold_moves_predictions_not_auc():
 def test_accuracy_and_auc_keep_their_names():
     # perfectly ranked but every score below the threshold: AUC 1, everything predicted negative
     y = np.array([0] * 7 + [1] * 3)
-    s = np.linspace(0.01, 0.10, 10)
+    s = np.linspace(0.01, 0.10, 10)[:, None]
     m = classification_metrics(y, s, BINARY)
     assert m["roc_auc_macro"] == 1.0
     assert m["accuracy"] == pytest.approx(0.7)              # the 7 negatives
@@ -93,6 +95,27 @@ def test_accuracy_and_auc_keep_their_names():
     assert m["precision_macro"] == pytest.approx(0.35)      # (7/10 + 0) / 2
     assert m["f1_macro"] == pytest.approx(7 / 17)           # F1 of negatives 2*7/(2*7+3), positives 0
     assert m["per_class"]["pneumonia"]["recall"] == 0.0 and m["per_class"]["pneumonia"]["roc_auc"] == 1.0
+
+
+def test_binary_metrics_from_n_by_1_scores_by_hand():
+    y = np.array([0, 0, 0, 1, 1])
+    s = np.array([[0.1], [0.3], [0.7], [0.6], [0.9]])      # (N, 1): probability of "pneumonia"
+    assert predictions(s, BINARY).tolist() == [0, 0, 1, 1, 1]   # shaped like y: one image wrong (the 0.7)
+    m = classification_metrics(y, s, BINARY)
+    # positives 0.6 and 0.9 against negatives 0.1, 0.3, 0.7: 0.6 wins 2 of 3, 0.9 wins 3 of 3
+    assert m["roc_auc_macro"] == pytest.approx(5 / 6) and m["roc_auc_classes_used"] == 1
+    assert m["accuracy"] == pytest.approx(4 / 5)
+    assert m["balanced_accuracy"] == pytest.approx((2 / 3 + 1) / 2)        # recall of normal 2/3, pneumonia 1
+    assert m["precision_macro"] == pytest.approx((1 + 2 / 3) / 2)          # predicted normal 2/2, pneumonia 2/3
+    assert m["f1_macro"] == pytest.approx(0.8)                             # both classes 2pr/(p+r) = 4/5
+    normal, pneumonia = m["per_class"]["normal"], m["per_class"]["pneumonia"]
+    assert (normal["precision"], normal["recall"], normal["support"]) == pytest.approx((1, 2 / 3, 3))
+    assert (pneumonia["precision"], pneumonia["recall"], pneumonia["support"]) == pytest.approx((2 / 3, 1, 2))
+    assert normal["roc_auc"] == pneumonia["roc_auc"] == pytest.approx(5 / 6)
+    assert classification_metrics(y, s, BINARY, threshold=0.65)["accuracy"] == pytest.approx(3 / 5)  # 0.6 -> 0
+    # one patient: every resample is the whole set, so each interval is the point itself
+    ci = bootstrap_ci(y, s, BINARY, ["p"] * 5, n_boot=10)
+    assert ci["roc_auc_macro"] == pytest.approx((5 / 6, 5 / 6)) and ci["accuracy"] == pytest.approx((0.8, 0.8))
 
 
 def test_multiclass_equals_sklearn_and_top1_is_accuracy():
@@ -148,14 +171,15 @@ def test_multilabel_constant_column_is_left_out_of_macro_auc():
 
 
 @pytest.mark.parametrize("task, y, s, match", [
-    (BINARY, np.zeros(4), np.zeros((4, 2)), "scores of shape"),
-    (BINARY, np.zeros(4), np.zeros(5), "scores of shape"),
+    (BINARY, np.zeros(4), np.zeros((4, 2)), r"scores of shape \(4, 1\)"),
+    (BINARY, np.zeros(4), np.zeros(4), r"scores of shape \(4, 1\)"),      # the old (N,) binary form
+    (BINARY, np.zeros(4), np.zeros((5, 1)), "scores of shape"),
     (MULTICLASS, np.zeros(4), np.zeros((4, 4)), "3 classes"),
     (MULTILABEL, np.zeros(4), np.zeros((4, 3)), "targets of shape"),
-    (BINARY, np.array([0, 1, 2]), np.zeros(3), "integers in"),
+    (BINARY, np.array([0, 1, 2]), np.zeros((3, 1)), "integers in"),
     (MULTICLASS, np.array([0, 3]), np.zeros((2, 3)), "integers in"),
-    (BINARY, np.array([0, 1]), np.array([0.5, np.nan]), "NaN"),
-    (BINARY, np.zeros(0), np.zeros(0), "no samples"),
+    (BINARY, np.array([0, 1]), np.array([[0.5], [np.nan]]), "NaN"),
+    (BINARY, np.zeros(0), np.zeros((0, 1)), "no samples"),
 ])
 def test_bad_shapes_and_values_raise(task, y, s, match):
     with pytest.raises(MedsslError, match=match):
@@ -202,10 +226,10 @@ def test_vectorised_bootstrap_equals_metrics_of_the_built_resample(kind, task, m
 
 
 def binary_sample(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """n images from one fixed distribution: AUC about 0.8."""
+    """n images from one fixed distribution: AUC about 0.8; scores (n, 1)."""
     rng = np.random.default_rng(seed)
     y = rng.integers(0, 2, n)
-    return y, 1 / (1 + np.exp(-(1.2 * y - 0.6 + rng.normal(size=n))))
+    return y, 1 / (1 + np.exp(-(1.2 * y - 0.6 + rng.normal(size=n))))[:, None]
 
 
 def width(ci: tuple[float, float]) -> float:
@@ -227,7 +251,7 @@ def test_ci_contains_point_estimate_and_narrows_with_more_patients():
 def test_ci_resamples_patients_not_images():
     y, s = binary_sample(40, 1)
     patients = [f"p{i:02d}" for i in range(40)]
-    y10, s10, groups10 = np.repeat(y, 10), np.repeat(s, 10), np.repeat(patients, 10)  # 10 copies of each image
+    y10, s10, groups10 = np.repeat(y, 10), np.repeat(s, 10, axis=0), np.repeat(patients, 10)  # 10 copies of each
     by_patient = bootstrap_ci(y10, s10, BINARY, list(groups10), n_boot=400)
     one_each = bootstrap_ci(y, s, BINARY, patients, n_boot=400)
     by_image = bootstrap_ci(y10, s10, BINARY, [str(i) for i in range(400)], n_boot=400)
@@ -244,7 +268,7 @@ def test_bootstrap_is_reproducible_for_a_seed():
 
 
 def test_undefined_resamples_are_skipped_and_counted():
-    y, s = np.array([0, 0, 0, 0, 0, 1]), np.linspace(0, 1, 6)   # one positive patient
+    y, s = np.array([0, 0, 0, 0, 0, 1]), np.linspace(0, 1, 6)[:, None]   # one positive patient
     groups = list("abcdef")
     samples = bootstrap_samples(y, s, BINARY, groups, ("roc_auc_macro",), n_boot=200, seed=0)
     w = patient_resample_weights(groups, 200, np.random.default_rng(0))
@@ -299,4 +323,4 @@ def test_aggregate_runs_takes_numeric_keys():
 def test_metrics_emit_no_warnings_on_small_sets():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        classification_metrics(np.array([0, 0]), np.array([0.9, 0.1]), BINARY)   # one class present
+        classification_metrics(np.array([0, 0]), np.array([[0.9], [0.1]]), BINARY)   # one class present

@@ -21,7 +21,7 @@ from medssl.evaluate.plots import (
     roc_plot,
     tsne_plot,
 )
-from medssl.evaluate.tasks import Task
+from medssl.data.tasks import Task
 from medssl.models.backbones import create_backbone
 
 BINARY = Task("binary", ("normal", "pneumonia"))
@@ -39,11 +39,11 @@ def png_size(path: Path) -> tuple[int, int]:
 
 
 def scores_for(kind: str, n: int = 40, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Targets and scores in the task's shapes, with signal."""
+    """Targets in the task's shape and scores (N, K), K = task.n_outputs, with signal."""
     rng = np.random.default_rng(seed)
     if kind == "binary":
         y = rng.integers(0, 2, n)
-        return y, np.clip(0.4 * y + rng.uniform(0, 0.6, n), 0, 1)
+        return y, np.clip(0.4 * y + rng.uniform(0, 0.6, n), 0, 1)[:, None]   # (N, 1)
     if kind == "multiclass":
         y = np.arange(n) % 4
         s = rng.uniform(0, 1, (n, 4)) + np.eye(4)[y]
@@ -72,6 +72,13 @@ def test_roc_and_confusion_plots(tmp_path, kind, task):
     assert 400 < w < 1200 and 400 < h < 1200
     w, h = png_size(confusion_plot(y, s, task, tmp_path / "confusion.png"))
     assert 400 < h < 1200 and h < w < 2000       # a colourbar (multilabel: a row of 3 matrices) makes it wide
+
+
+def test_binary_plots_take_n_by_1_scores_only(tmp_path):
+    y, s = scores_for("binary")
+    for plot in (roc_plot, confusion_plot):
+        with pytest.raises(MedsslError, match=r"scores of shape \(40, 1\)"):
+            plot(y, s[:, 0], BINARY, tmp_path / "old.png")   # the old (N,) binary form
 
 
 def test_roc_plot_with_an_undefined_class(tmp_path):

@@ -12,9 +12,10 @@ from sklearn.preprocessing import StandardScaler
 
 from conftest import TinyNet
 from medssl.evaluate.features import extract_features
+from medssl.errors import MedsslError
 from medssl.evaluate.probe import (CS, accuracy, backbone_fingerprint, knn_scores, linear_probe, macro_auc,
-                                   probe_module, sanity_check)
-from medssl.evaluate.tasks import Task
+                                   probe_module, sanity_check, task_scores)
+from medssl.data.tasks import Task
 
 BINARY = Task("binary", ("normal", "pneumonia"))
 MULTICLASS = Task("multiclass", ("a", "b", "c"))
@@ -85,7 +86,7 @@ def test_linear_probe_separates_separable_features(task):
     assert r.C in CS and r.val_metric == "auc" and r.val_score == 1.0
     assert macro_auc(yv, r.val_scores, task) == 1.0 and macro_auc(ys, r.scores, task) == 1.0
     assert r.weight.shape == (task.n_outputs, 5) and r.bias.shape == (task.n_outputs,)
-    assert r.scores.shape == {"binary": (40,), "multiclass": (40, 3), "multilabel": (40, 2)}[task.kind]
+    assert r.scores.shape == (40, task.n_outputs) and r.val_scores.shape == (30, task.n_outputs)
 
 
 def _noisy(task: Task, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -101,7 +102,7 @@ def test_folded_weights_reproduce_sklearn_on_raw_features(task):
     fit = lambda y: LogisticRegression(C=r.C, max_iter=2000).fit(scaler.transform(xt), y)  # noqa: E731
     z = scaler.transform(xs)
     if task.kind == "binary":
-        expected = fit(yt).predict_proba(z)[:, 1]
+        expected = fit(yt).predict_proba(z)[:, 1:]              # (N, 1): the positive class
     elif task.kind == "multiclass":
         expected = fit(yt).predict_proba(z)
     else:
@@ -110,7 +111,7 @@ def test_folded_weights_reproduce_sklearn_on_raw_features(task):
     logits = xs.astype(np.float64) @ r.weight.T + r.bias        # the raw-feature form gives the same scores
     probs = (np.exp(logits) / np.exp(logits).sum(1, keepdims=True) if task.kind == "multiclass"
              else 1 / (1 + np.exp(-logits)))
-    assert np.allclose(probs[:, 0] if task.kind == "binary" else probs, expected, atol=1e-5)
+    assert np.allclose(probs, expected, atol=1e-5)
 
 
 def test_probe_module_gives_the_logits_of_the_folded_weights():
@@ -124,7 +125,7 @@ def test_probe_module_gives_the_logits_of_the_folded_weights():
         logits = module(images.float() / 255).numpy()           # (30, 1)
     assert logits.shape == (30, 1)
     assert np.allclose(logits, feats.astype(np.float64) @ r.weight.T + r.bias, atol=1e-4)
-    assert np.allclose(1 / (1 + np.exp(-logits[:, 0])), r.scores, atol=1e-5)
+    assert np.allclose(1 / (1 + np.exp(-logits)), r.scores, atol=1e-5)  # both (30, 1)
 
 
 def test_one_class_in_validation_falls_back_to_accuracy():
@@ -161,7 +162,7 @@ def test_knn_with_k1_copies_the_nearest_label():
     p = knn_scores(TRAIN, y, TEST, MULTICLASS, k=1)
     assert np.array_equal(p, np.eye(3)[y[NEAREST]])
     yb = np.array([1, 0, 0, 1])
-    assert np.array_equal(knn_scores(TRAIN, yb, TEST, BINARY, k=1), yb[NEAREST].astype(float))
+    assert np.array_equal(knn_scores(TRAIN, yb, TEST, BINARY, k=1), yb[NEAREST, None].astype(float))  # (5, 1)
     ym = np.array([[1, 0], [1, 1], [0, 0], [0, 1]])
     assert np.array_equal(knn_scores(TRAIN, ym, TEST, MULTILABEL, k=1), ym[NEAREST].astype(float))
 
@@ -171,7 +172,7 @@ def test_knn_weights_are_exp_similarity_over_temperature(temperature):
     train, y = np.array([[1.0, 0.0], [0.0, 1.0]]), np.array([1, 0])
     p = knn_scores(train, y, np.array([[3.0, 0.0]]), BINARY, k=2, temperature=temperature)
     # similarities 1 and 0: p(positive) = e^(1/T) / (e^(1/T) + e^0) = sigmoid(1 / T)
-    assert p[0] == pytest.approx(1 / (1 + math.exp(-1 / temperature)), abs=1e-9)
+    assert p.shape == (1, 1) and p[0, 0] == pytest.approx(1 / (1 + math.exp(-1 / temperature)), abs=1e-9)
 
 
 def test_knn_probabilities_sum_to_one_and_k_is_capped():
@@ -182,3 +183,31 @@ def test_knn_probabilities_sum_to_one_and_k_is_capped():
     ym = np.array([[1, 0], [1, 1], [0, 0], [0, 1]])
     m = knn_scores(TRAIN, ym, TEST, MULTILABEL, k=4, temperature=1e9)  # uniform weights: the label frequencies
     assert np.allclose(m, np.tile([0.5, 0.5], (5, 1)))
+
+
+# ---- one score shape for every kind ----------------------------------------------------------------------------
+
+KNN_Y = {"binary": np.array([1, 0, 0, 1]), "multiclass": np.array([2, 0, 1, 2]),
+         "multilabel": np.array([[1, 0], [1, 1], [0, 0], [0, 1]])}
+
+
+@pytest.mark.parametrize("task", [BINARY, MULTICLASS, MULTILABEL], ids=lambda t: t.kind)
+def test_task_scores_and_knn_scores_are_n_by_n_outputs_for_every_kind(task):
+    logits = np.random.default_rng(0).normal(size=(7, task.n_outputs))
+    assert task_scores(logits, task).shape == (7, task.n_outputs)
+    assert task_scores(logits[:1], task).shape == (1, task.n_outputs)      # one image: still 2-D
+    y = KNN_Y[task.kind]
+    assert knn_scores(TRAIN, y, TEST, task, k=2).shape == (5, task.n_outputs)
+    assert knn_scores(TRAIN, y, TEST[:1], task, k=1).shape == (1, task.n_outputs)
+    assert knn_scores(TRAIN, y, TEST[:0], task).shape == (0, task.n_outputs)
+
+
+def test_task_scores_by_hand_and_logits_of_another_width_raise():
+    z = np.log([[1.0], [3.0]])                                  # sigmoid(log 3) = 3 / (3 + 1)
+    np.testing.assert_allclose(task_scores(z, BINARY), [[0.5], [0.75]])
+    np.testing.assert_allclose(task_scores(np.log([[1.0, 1.0, 2.0]]), MULTICLASS), [[0.25, 0.25, 0.5]])
+    np.testing.assert_allclose(task_scores(np.log([[1.0, 3.0]]), MULTILABEL), [[0.5, 0.75]])
+    with pytest.raises(MedsslError, match=r"logits.*\(2,\)"):
+        task_scores(np.zeros(2), BINARY)                        # the old (N,) binary form
+    with pytest.raises(MedsslError, match=r"logits.*\(2, 2\)"):
+        task_scores(np.zeros((2, 2)), MULTICLASS)

@@ -1,10 +1,14 @@
 """Segmentation transfer: mask decoding, U-Net shapes and gradients, Dice by hand, paired augmentation, the
-per-module learning rate, and a short end-to-end fine-tune on 32 px synthetic data."""
+per-module learning rate, a short end-to-end fine-tune on 32 px synthetic data, and `medssl evaluate --protocol
+segment` on a user's folder of 0/255 masks."""
 
 from __future__ import annotations
 
 import copy
+import csv
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,13 +16,16 @@ import torch
 from PIL import Image
 
 from medssl.config import OptimConfig
+from medssl.data.masks import MaskSpec, decode_mask, mask_spec, read_masks
 from medssl.data.records import Record, read_manifest
 from medssl.synthetic import FINDINGS, generate
 from medssl.errors import MedsslError
-from medssl.evaluate.segment import (SegmentBatches, SegmentConfig, UNet, decode_bits, dice_scores, paired_affine,
-                                     random_theta, read_masks, segment_transfer)
+from medssl.evaluate.segment import (SegmentBatches, SegmentConfig, UNet, dice_scores, paired_affine, random_theta,
+                                     segment_transfer)
 from medssl.models.backbones import create_backbone
 from medssl.optim import make_optimizer
+
+BITS = MaskSpec("bits", FINDINGS)  # the phantoms' masks: bit k = FINDINGS[k]
 
 
 def _mask_record(tmp_path, bits: np.ndarray, name: str = "m.png") -> Record:
@@ -30,44 +37,41 @@ def _mask_record(tmp_path, bits: np.ndarray, name: str = "m.png") -> Record:
 
 def test_read_masks_decodes_each_bit_to_its_class(tmp_path):
     bits = np.array([[0, 1, 2, 4], [8, 16, 32, 63], [3, 5, 6, 0], [33, 0, 0, 1]], dtype=np.uint8)
-    masks = read_masks([_mask_record(tmp_path, bits)], 4)
+    masks = read_masks([_mask_record(tmp_path, bits)], BITS, 4)
     assert masks.shape == (1, len(FINDINGS), 4, 4) and masks.dtype == torch.uint8
     for k in range(len(FINDINGS)):
         np.testing.assert_array_equal(masks[0, k].numpy(), (bits >> k) & 1)
-    # a subset of classes, in the order asked for
-    sub = read_masks([_mask_record(tmp_path, bits)], 4, classes=(FINDINGS[5], FINDINGS[0]))
-    np.testing.assert_array_equal(sub[0, 0].numpy(), (bits >> 5) & 1)
-    np.testing.assert_array_equal(sub[0, 1].numpy(), bits & 1)
 
 
 def test_read_masks_resizes_by_nearest_neighbour(tmp_path):
     bits = np.arange(16, dtype=np.uint8).reshape(4, 4)
-    up = read_masks([_mask_record(tmp_path, bits)], 8)                     # every pixel becomes a 2x2 block
+    up = read_masks([_mask_record(tmp_path, bits)], BITS, 8)               # every pixel becomes a 2x2 block
     np.testing.assert_array_equal(up[0, 0].numpy(), np.kron(bits & 1, np.ones((2, 2), np.uint8)))
     big = np.arange(64, dtype=np.uint8).reshape(8, 8)
-    down = read_masks([_mask_record(tmp_path, big, "big.png")], 4)          # nearest-exact keeps rows/cols 1, 3, 5, 7
+    down = read_masks([_mask_record(tmp_path, big, "big.png")], BITS, 4)    # nearest-exact keeps rows/cols 1, 3, 5, 7
     np.testing.assert_array_equal(down[0, 3].numpy(), (big[1::2, 1::2] >> 3) & 1)
 
 
 def test_read_masks_names_the_image_without_a_mask_and_the_missing_file(tmp_path):
     with pytest.raises(MedsslError, match="no_mask_here.png"):
-        read_masks([Record(path="/data/no_mask_here.png", patient_id="p")], 8)
+        read_masks([Record(path="/data/no_mask_here.png", patient_id="p")], BITS, 8)
     with pytest.raises(MedsslError, match="gone.png"):
-        read_masks([Record(path="/data/x.png", patient_id="p", mask=str(tmp_path / "gone.png"))], 8)
+        read_masks([Record(path="/data/x.png", patient_id="p", mask=str(tmp_path / "gone.png"))], BITS, 8)
     with pytest.raises(MedsslError, match="fracture"):
-        read_masks([], 8, classes=("fracture",))
+        MaskSpec("binary", ("fracture", "fissure"))
 
 
 def test_read_masks_of_a_written_synthetic_set_equal_the_generated_masks(synth_manifest):
     records = read_manifest(synth_manifest)
-    expected = decode_bits(generate(12, size=32, seed=0).masks)    # conftest writes 12 patients, 32 px, seed 0
-    assert torch.equal(read_masks(records, 32), expected)
-    assert torch.equal(read_masks(records, 16), expected[..., 1::2, 1::2])  # halving keeps the odd rows and columns
+    assert mask_spec(records) == BITS                              # declared by the manifest's mask columns
+    expected = torch.from_numpy(decode_mask(generate(12, size=32, seed=0).masks, BITS))  # conftest: 12, 32 px, seed 0
+    assert torch.equal(read_masks(records, BITS, 32), expected)
+    assert torch.equal(read_masks(records, BITS, 16), expected[..., 1::2, 1::2])  # halving keeps odd rows and columns
 
 
 def test_decode_bits_matches_the_generator_masks():
     data = generate(3, size=16, seed=1, lateral=False)
-    masks = decode_bits(data.masks)
+    masks = torch.from_numpy(decode_mask(data.masks, BITS))
     recoded = sum(masks[:, k].numpy().astype(np.uint8) << k for k in range(len(FINDINGS)))
     np.testing.assert_array_equal(recoded, data.masks)
 
@@ -93,6 +97,20 @@ def test_unet_prior_puts_each_class_at_its_pixel_fraction():
     model.set_prior(torch.tensor([0.01, 0.25, 0.0]))
     expected = [math.log(0.01 / 0.99), math.log(0.25 / 0.75), math.log(1e-4 / (1 - 1e-4))]  # 0 is floored at 1e-4
     torch.testing.assert_close(model.head.bias, torch.tensor(expected))
+
+
+@pytest.mark.parametrize("name, stem", [("resnet18", "cifar"), ("resnet50", "imagenet")])
+def test_unet_runs_the_resnet_through_feature_maps(name, stem):
+    backbone = create_backbone(name, 2, 64, stem=stem)[0].eval()
+    x = torch.rand(2, 2, 64, 64)
+    maps = backbone.feature_maps(x)
+    assert [m.shape[1] for m in maps] == list(backbone.feature_channels)
+    expansion = 4 if name == "resnet50" else 1
+    assert backbone.feature_channels == (64, 64 * expansion, 128 * expansion, 256 * expansion, 512 * expansion)
+    torch.testing.assert_close(maps[-1], backbone.forward_features(x), rtol=0, atol=0)  # one code path
+    model = UNet(backbone, 1, (8, 8, 8, 8)).eval()
+    assert model.final[0].in_channels == 8 + backbone.in_channels == 10
+    assert model.decoder[0][0].in_channels == 512 * expansion + 256 * expansion   # bottleneck + layer3 skip
 
 
 def test_unet_refuses_a_vit():
@@ -184,7 +202,7 @@ def synth32():
     """48 synthetic patients at 32 px (156 images), split by patient into 116 train, 12 val, 28 test images."""
     data = generate(48, size=32, seed=3)
     images = torch.from_numpy(np.round(data.images * 255).astype(np.uint8))[:, None]
-    masks = decode_bits(data.masks)
+    masks = torch.from_numpy(decode_mask(data.masks, BITS))
     pids = np.array([int(p[1:]) for p in data.patient_id])
     tr, va, te = pids <= 36, (pids > 36) & (pids <= 40), pids > 40
     return [x for m in (tr, va, te) for x in (images[m], masks[m])]
@@ -230,3 +248,49 @@ def test_segment_transfer_refuses_float_images_and_mismatched_classes(synth32, t
         segment_transfer(backbone, xtr.float(), ytr, xtr, ytr, xtr, ytr, cfg, tmp_path)
     with pytest.raises(MedsslError, match="classes"):
         segment_transfer(backbone, xtr, ytr, xtr, ytr, xtr, ytr, cfg, tmp_path, classes=FINDINGS[:2])
+
+
+# ---------------------------------------------------------------- `medssl evaluate --protocol segment` on user masks
+
+SIMCLR = str(Path(__file__).resolve().parents[2] / "configs" / "simclr.yaml")
+
+
+def _disc_manifest(root: Path, n: int = 20) -> Path:
+    """n 32 px PNGs of a bright disc on a dark background, the disc as a 0/255 mask, one patient each; labels
+    small / large (radius 5 / 8: evaluation needs two classes), splits 14 train, 2 val, 4 test; no mask columns."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:32, :32]
+    rows = []
+    for i in range(n):
+        (cy, cx), r = rng.integers(10, 22, size=2), (5, 8)[i % 2]
+        disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+        img = np.where(disc, 200, 40) + rng.integers(-10, 11, size=(32, 32))
+        Image.fromarray(img.astype(np.uint8)).save(root / f"img{i:02d}.png")
+        Image.fromarray(disc.astype(np.uint8) * 255).save(root / f"mask{i:02d}.png")
+        rows.append({"path": f"img{i:02d}.png", "patient_id": f"P{i:02d}", "labels": ("small", "large")[i % 2],
+                     "mask": f"mask{i:02d}.png", "split": "train" if i < 14 else ("val" if i < 16 else "test")})
+    with (root / "manifest.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return root / "manifest.csv"
+
+
+def test_evaluate_segment_on_a_folder_of_binary_masks(cli, tmp_path):
+    manifest, run = _disc_manifest(tmp_path), tmp_path / "pre"
+    code, _, err = cli("pretrain", "--config", SIMCLR, "--out", run, "--set", "train.steps=2", "--set",
+                       "data.synthetic_patients=6", "--set", "data.size=16", "--set", "data.batch_size=8",
+                       "--set", "data.num_workers=0", "--quiet")
+    assert code == 0, err
+    common = ["--checkpoint", run, "--data", manifest, "--protocol", "segment", "--fractions", "1", "--seeds", 1,
+              "--finetune-steps", 3, "--n-boot", 10, "--quiet"]
+    code, _, err = cli("evaluate", *common, "--out", tmp_path / "ev")
+    assert code == 0, err
+    res = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    (seg,) = [r for r in res["runs"] if r["protocol"] == "segment"]
+    assert seg["classes"] == ["foreground"] and seg["mask_encoding"] == "binary"   # found from the 0/255 masks
+    assert list(seg["dice_per_class"]) == ["foreground"]
+    assert isinstance(seg["dice_macro"], float) and 0 <= seg["dice_macro"] <= 1    # every test mask has a disc
+    # a declared label encoding without class names stops before any training, in one line naming the manifest's image
+    code, _, err = cli("evaluate", *common, "--out", tmp_path / "ev2", "--mask-encoding", "label")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "img" in err and "--mask-classes" in err, err

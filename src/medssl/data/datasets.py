@@ -16,6 +16,7 @@ from __future__ import annotations
 import sys
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -23,9 +24,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
-from medssl.data.augment import Augment, AugmentConfig, resize
+from medssl.data.augment import Augment, AugmentConfig
+from medssl.data.preprocess import Preprocess
 from medssl.data.records import Record
-from medssl.data.sources import read_record_image
 from medssl.errors import MedsslError
 
 
@@ -35,22 +36,21 @@ def _derive_seed(*parts: int) -> int:
 
 
 class ImageDataset(Dataset):
-    """Every record decoded once, resized (antialiased) and kept in memory as uint8 (N, 1, size, size).
+    """Every record decoded once by the model's Preprocess and kept in memory as uint8 (N, 1, size, size).
 
     uint8 is 4x smaller than float32 and its 1/255 steps are below the augmentation noise; holding everything in
     memory keeps CPU training from waiting on image decoding.
     """
 
-    def __init__(self, records: Sequence[Record], size: int, progress: bool = False):
+    def __init__(self, records: Sequence[Record], preprocess: Preprocess, progress: bool = False):
         if not records:
             raise MedsslError("no images to train on: the data source gave no records")
         self.records = list(records)
-        self.size = size
-        self.images = torch.empty(len(records), 1, size, size, dtype=torch.uint8)
+        self.size = preprocess.size
+        self.images = torch.empty(len(records), 1, self.size, self.size, dtype=torch.uint8)
         for i, rec in enumerate(tqdm(self.records, desc="decoding images", unit="img", disable=not progress,
-                                     file=sys.stderr)):
-            x = torch.from_numpy(np.ascontiguousarray(read_record_image(rec), dtype=np.float32))[None, None]
-            self.images[i] = resize(x, size)[0].clamp_(0, 1).mul_(255).round_().to(torch.uint8)
+                                     file=sys.stderr, dynamic_ncols=True)):
+            self.images[i] = preprocess.decode(rec)
 
     @classmethod
     def from_array(cls, images: np.ndarray | Tensor, records: Sequence[Record] | None = None) -> "ImageDataset":
@@ -131,24 +131,54 @@ def _candidate_table(records: Sequence[Record], pair_by: str) -> tuple[np.ndarra
     return np.asarray(offsets, dtype=np.int64), np.asarray(flat, dtype=np.int64)
 
 
+@dataclass(frozen=True)
+class BatchSpec:
+    """What a method consumes, declared next to it; BatchDataset builds its batches from this alone.
+
+    views: batch keys that each get their own augmentation of the sample's image, (B, C, S, S) each;
+    partner: the second view comes from ANOTHER image of the same patient (MICLe; data.pair_by chooses patient
+    or study) and the batch gains "same_image" (B,) bool; target: the batch gains "target" (labels, fine-tuning);
+    min_per_process: the fewest images a process may hold (contrastive negatives, BatchNorm statistics).
+    Later: a report's tokens, a mask - a new field here and its few lines in BatchDataset, no method name anywhere.
+    """
+
+    views: tuple[str, ...] = ("view1", "view2")
+    partner: bool = False
+    target: bool = False
+    min_per_process: int = 1
+
+    def __post_init__(self) -> None:
+        if not self.views or len(set(self.views)) != len(self.views) or "index" in self.views:
+            raise MedsslError(f"batch views {self.views} must be distinct names other than 'index'")
+        if self.partner and len(self.views) != 2:
+            raise MedsslError(f"a partner batch has exactly two views, not {self.views}")
+
+
+TWO_VIEWS = BatchSpec(("view1", "view2"), min_per_process=2)  # SimCLR, MoCo, BYOL: two augmentations of one image
+PATIENT_PAIRS = BatchSpec(("view1", "view2"), partner=True, min_per_process=2)  # MICLe: two images of one patient
+ONE_IMAGE = BatchSpec(("image",))  # MAE: one augmented image
+LABELLED_IMAGE = BatchSpec(("image",), target=True)  # fine-tuning: one augmented image and its label
+
+
 class BatchDataset(Dataset):
     """Map-style dataset of whole augmented batches: item (epoch, k) -> dict of (B / W, C, S, S) tensors + index.
 
-    keys: the method's batch keys, ("view1", "view2") for contrastive methods or ("image",) for MAE.
-    pairs: MICLe partners; view2 then comes from another image of the same patient.
-    targets: labels, one row per image ((N,) or (N, C)), added to each batch as "target" (fine-tuning).
+    spec: what the method declared it consumes (BatchSpec); pairs: the patients' partner images (spec.partner);
+    targets: labels, one row per image ((N,) or (N, C)), added to each batch as "target" (spec.target).
     """
 
-    def __init__(self, images: ImageDataset, batch_size: int, keys: tuple[str, ...], augment: AugmentConfig,
+    def __init__(self, images: ImageDataset, batch_size: int, spec: BatchSpec, augment: AugmentConfig,
                  seed: int = 0, rank: int = 0, world_size: int = 1, pairs: MultiInstanceDataset | None = None,
                  channels: int = 1, targets: np.ndarray | Tensor | None = None):
         if batch_size % world_size:
             raise MedsslError(f"batch size {batch_size} is not a multiple of the {world_size} processes")
         if batch_size > len(images):
             raise MedsslError(f"batch size {batch_size} is larger than the {len(images)} images of the data set")
-        if keys not in (("view1", "view2"), ("image",)):
-            raise MedsslError(f"batch keys {keys} are neither ('view1', 'view2') nor ('image',)")
-        self.images, self.batch_size, self.keys, self.seed = images, batch_size, keys, seed
+        if spec.partner and pairs is None:
+            raise MedsslError("this method pairs two images of a patient: give the MultiInstanceDataset (pairs)")
+        if spec.target and targets is None:
+            raise MedsslError("this method trains on labels: give the targets")
+        self.images, self.batch_size, self.spec, self.seed = images, batch_size, spec, seed
         self.rank, self.world_size, self.pairs, self.channels = rank, world_size, pairs, channels
         self.local = batch_size // world_size
         self.targets = None if targets is None else torch.as_tensor(np.asarray(targets))
@@ -181,18 +211,15 @@ class BatchDataset(Dataset):
         self.augment.generator.manual_seed(_derive_seed(self.seed, epoch, k, self.rank))
         x = self.images.batch(idx)                                     # (b, 1, S, S)
         out: dict[str, Tensor] = {"index": torch.from_numpy(idx.copy())}
-        if self.targets is not None:
-            out["target"] = self.targets[torch.from_numpy(idx)]
-        if self.keys == ("image",):
-            out["image"] = self._channels(self.augment(x))
-            return out
-        x2 = None
-        if self.pairs is not None:
-            partner, same = self.pairs.partners(idx, epoch)
-            x2 = self.images.batch(partner)
+        if self.spec.target:
+            out["target"] = self.targets[torch.from_numpy(idx)]  # type: ignore[index]
+        sources = [x] * len(self.spec.views)
+        if self.spec.partner:
+            partner, same = self.pairs.partners(idx, epoch)  # type: ignore[union-attr]
+            sources[1] = self.images.batch(partner)
             out["same_image"] = torch.from_numpy(same)
-        out["view1"] = self._channels(self.augment(x))
-        out["view2"] = self._channels(self.augment(x if x2 is None else x2))
+        for key, src in zip(self.spec.views, sources):  # in order: each view draws from the generator in turn
+            out[key] = self._channels(self.augment(src))
         return out
 
     def _channels(self, x: Tensor) -> Tensor:

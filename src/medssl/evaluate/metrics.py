@@ -1,7 +1,9 @@
 """Classification metrics (scikit-learn), patient-level bootstrap confidence intervals, embedding quality, seeds.
 
-Targets and scores have the shapes of the table in `evaluate.tasks`: binary y (N,) + scores (N,); multiclass
-y (N,) + scores (N, C); multilabel y (N, C) + scores (N, C). Metric names are spelled here and nowhere else,
+Targets and scores have the shapes of the table in `data.tasks`: scores are always (N, K), K = task.n_outputs
+(binary: K = 1, the positive class); y is (N,) for binary and multiclass, (N, C) for multilabel. Score column k
+is ranked against column k of `outcomes(y, task)`, so no AUC needs a branch per kind; only hard binary predictions
+read the single column as one score per image (`positive_scores`). Metric names are spelled here and nowhere else,
 so that "accuracy" and "roc_auc_macro" cannot trade places on the way to a table.
 """
 
@@ -23,7 +25,7 @@ from sklearn.metrics import (
 )
 
 from medssl.errors import MedsslError
-from medssl.evaluate.tasks import KINDS, Task
+from medssl.data.tasks import KINDS, Task
 
 # metrics the bootstrap computes for all resamples at once from image weights; others rebuild each resample
 VECTORISED = ("accuracy", "top1", "exact_match", "balanced_accuracy", "precision_macro", "recall_macro", "f1_macro",
@@ -37,7 +39,7 @@ def check_inputs(y: np.ndarray, scores: np.ndarray, task: Task) -> tuple[np.ndar
         raise MedsslError(f"task kind {task.kind!r} is not one of {', '.join(KINDS)}")
     y, scores = np.asarray(y), np.asarray(scores, dtype=np.float64)
     n, c = (y.shape[0] if y.ndim else 0), len(task.classes)
-    y_shape, s_shape = {"binary": ((n,), (n,)), "multiclass": ((n,), (n, c)), "multilabel": ((n, c), (n, c))}[task.kind]
+    y_shape, s_shape = ((n, c) if task.kind == "multilabel" else (n,)), (n, task.n_outputs)
     if y.shape != y_shape or scores.shape != s_shape:
         raise MedsslError(
             f"{task.kind} task with {c} classes needs targets of shape {y_shape} and scores of shape {s_shape} "
@@ -52,11 +54,27 @@ def check_inputs(y: np.ndarray, scores: np.ndarray, task: Task) -> tuple[np.ndar
     return y.astype(np.int64), scores
 
 
+def outcomes(y: np.ndarray, task: Task) -> np.ndarray:
+    """Targets as 0/1 columns (N, K) matching the score columns: binary y as one column, multi-class one-hot
+    (one-vs-rest), multi-label as is."""
+    y = np.asarray(y)
+    if task.kind == "binary":
+        return y.reshape(-1, 1).astype(np.int64)
+    if task.kind == "multiclass":
+        return np.eye(len(task.classes), dtype=np.int64)[y]
+    return y.astype(np.int64)
+
+
+def positive_scores(scores: np.ndarray) -> np.ndarray:
+    """Binary scores (N, 1) -> (N,) probability of classes[1]: one score per image, shaped like binary y."""
+    return np.asarray(scores)[:, 0]
+
+
 def predictions(scores: np.ndarray, task: Task, threshold: float = 0.5) -> np.ndarray:
-    """Hard predictions: score >= threshold (binary, and per label for multilabel), argmax (multiclass)."""
+    """Hard predictions shaped like y: score >= threshold (binary (N,), multilabel (N, C)), argmax (multiclass)."""
     if task.kind == "multiclass":
         return scores.argmax(axis=1)
-    return (scores >= threshold).astype(np.int64)
+    return ((positive_scores(scores) if task.kind == "binary" else scores) >= threshold).astype(np.int64)
 
 
 def _auc(y01: np.ndarray, s: np.ndarray) -> float:
@@ -66,10 +84,9 @@ def _auc(y01: np.ndarray, s: np.ndarray) -> float:
 
 def class_aucs(y: np.ndarray, scores: np.ndarray, task: Task) -> np.ndarray:
     """One-vs-rest ROC-AUC per class (C,); binary: both classes share the one ranking, so the same AUC twice."""
-    if task.kind == "binary":
-        return np.full(2, _auc(y, scores))
-    onehot = y if task.kind == "multilabel" else np.eye(len(task.classes), dtype=np.int64)[y]
-    return np.array([_auc(onehot[:, k], scores[:, k]) for k in range(len(task.classes))])
+    truth = outcomes(y, task)                                    # (N, K), like scores
+    aucs = np.array([_auc(truth[:, k], scores[:, k]) for k in range(truth.shape[1])])
+    return np.repeat(aucs, len(task.classes)) if task.kind == "binary" else aucs
 
 
 def _label_metrics(y: np.ndarray, preds: np.ndarray, task: Task) -> dict:
@@ -187,10 +204,8 @@ def _weighted_metric(name: str, w: np.ndarray, y: np.ndarray, scores: np.ndarray
         if task.kind == "multilabel":                            # every label has a class present: no all-NaN
             return np.nanmean(recall.reshape(len(w), -1, 2), axis=2).mean(axis=1)
         return _rowwise_nanmean(recall)
-    if task.kind == "binary":                                    # roc_auc_macro
-        return fast_auc(y, scores, w)
-    onehot = y if task.kind == "multilabel" else np.eye(len(task.classes), dtype=np.int64)[y]
-    return _rowwise_nanmean(np.stack([fast_auc(onehot[:, k], scores[:, k], w) for k in range(onehot.shape[1])], 1))
+    truth = outcomes(y, task)                                    # roc_auc_macro over the K score columns
+    return _rowwise_nanmean(np.stack([fast_auc(truth[:, k], scores[:, k], w) for k in range(truth.shape[1])], 1))
 
 
 def patient_resample_weights(groups: Sequence[str], n_boot: int, rng: np.random.Generator) -> np.ndarray:

@@ -68,8 +68,7 @@ class ImagesToLogits(nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.model.logits(x)
-        return logits.unsqueeze(1) if logits.ndim == 1 else logits  # (B,) binary logit -> (B, 1)
+        return self.model.logits(x)  # (B, K), K = task.n_outputs (binary: 1)
 
 
 def make_plots(ev: Any, summary: dict, plot_dir: Path) -> dict[str, Path]:

@@ -24,8 +24,8 @@ from sklearn.metrics import confusion_matrix, multilabel_confusion_matrix, roc_c
 from torch import Tensor, nn
 
 from medssl.errors import MedsslError
-from medssl.evaluate.metrics import check_inputs, classification_metrics, predictions
-from medssl.evaluate.tasks import Task
+from medssl.evaluate.metrics import check_inputs, classification_metrics, outcomes, predictions
+from medssl.data.tasks import Task
 
 DPI = 120
 MAX_CAM_IMAGES = 8
@@ -105,7 +105,7 @@ def _roc_axes(ax: Axes, title: str, n_curves: int) -> None:
 
 
 def roc_plot(y: np.ndarray, scores: np.ndarray, task: Task, path: str | os.PathLike, title: str = "") -> Path:
-    """ROC curves: the positive class (binary), or one per class and their macro mean (multiclass, multilabel).
+    """ROC curves, one per score column (N, K): the positive class (binary), or each class and their macro mean.
 
     The macro curve is the mean TPR over classes at each FPR; its legend gives the mean of the class AUCs
     (roc_auc_macro). Classes whose AUC is undefined (one value of y) are left out and named in the title.
@@ -115,11 +115,9 @@ def roc_plot(y: np.ndarray, scores: np.ndarray, task: Task, path: str | os.PathL
     fig = Figure(figsize=(5.6, 5.4), layout="constrained")
     ax = fig.add_subplot()
     title = title or f"ROC ({task.kind}, n = {m['n']})"
-    if task.kind == "binary":
-        pairs = [(task.classes[1], y, scores)]
-    else:
-        onehot = y if task.kind == "multilabel" else np.eye(len(task.classes), dtype=np.int64)[y]
-        pairs = [(name, onehot[:, k], scores[:, k]) for k, name in enumerate(task.classes)]
+    names = task.classes[1:] if task.kind == "binary" else task.classes   # one per score column
+    truth = outcomes(y, task)                                              # (N, K), like scores
+    pairs = [(name, truth[:, k], scores[:, k]) for k, name in enumerate(names)]
     grid, tprs = np.linspace(0, 1, 201), []
     for name, truth, s in pairs:
         auc = m["per_class"][name]["roc_auc"]

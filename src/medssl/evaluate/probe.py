@@ -1,9 +1,9 @@
 """Protocols on frozen features: logistic-regression linear probe and weighted kNN, plus moco's sanity check.
 
-Scores always have the task's shape (see medssl.evaluate.tasks). The validation score that picks the probe's C
-(and that fine-tuning stops on) is the macro ROC-AUC over the classes (labels) with both outcomes in the split;
-where no class has both - a tiny label fraction can leave one class in a split - it is undefined (NaN) and the
-probe falls back to validation accuracy.
+Scores are always (N, K), K = task.n_outputs, whatever the kind (see medssl.data.tasks). The validation score
+that picks the probe's C (and that fine-tuning stops on) is the macro ROC-AUC over the classes (labels) with both
+outcomes in the split; where no class has both - a tiny label fraction can leave one class in a split - it is
+undefined (NaN) and the probe falls back to validation accuracy.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from sklearn.preprocessing import StandardScaler
 from torch import Tensor, nn
 
 from medssl.errors import MedsslError
-from medssl.evaluate.metrics import class_aucs
-from medssl.evaluate.tasks import Task
+from medssl.evaluate.metrics import class_aucs, outcomes
+from medssl.data.tasks import Task, task_probabilities
 
 CS = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
 MAX_ITER = 2000  # lbfgs on standardised features converges in a few hundred iterations except on separable data
@@ -31,10 +31,10 @@ CERTAIN = 20.0  # logit of a class the training split never showed (or always sh
 
 @dataclass
 class ProbeResult:
-    """A fitted linear probe: test and val scores (task shape), the chosen C, and weights acting on RAW features."""
+    """A fitted linear probe: test and val scores, the chosen C, and weights acting on RAW features."""
 
-    scores: np.ndarray
-    val_scores: np.ndarray
+    scores: np.ndarray  # (N_test, K), K = task.n_outputs
+    val_scores: np.ndarray  # (N_val, K)
     C: float
     weight: np.ndarray  # (K, D), K = task.n_outputs
     bias: np.ndarray  # (K,)
@@ -43,22 +43,10 @@ class ProbeResult:
 
 
 def task_scores(logits: np.ndarray, task: Task) -> np.ndarray:
-    """Logits (N, K) -> scores in the task's shape: sigmoid (binary: (N,)), softmax (multiclass), sigmoids."""
-    z = torch.as_tensor(np.asarray(logits, dtype=np.float64))
-    if task.kind == "multiclass":
-        return torch.softmax(z, dim=1).numpy()
-    p = torch.sigmoid(z).numpy()
-    return p[:, 0] if task.kind == "binary" else p
+    """Logits (N, K) -> scores (N, K), K = task.n_outputs: softmax (multiclass), else one sigmoid per column.
 
-
-def outcomes(y: np.ndarray, task: Task) -> np.ndarray:
-    """Targets as 0/1 columns (N, K): binary y as one column, multi-class one-hot (one-vs-rest), multi-label as is."""
-    y = np.asarray(y)
-    if task.kind == "binary":
-        return y.reshape(-1, 1).astype(np.int64)
-    if task.kind == "multiclass":
-        return np.eye(len(task.classes), dtype=np.int64)[y]
-    return y.astype(np.int64)
+    The one implementation is data.tasks.task_probabilities (which raises on any other logits shape)."""
+    return task_probabilities(logits, task)
 
 
 def _both_present(columns: np.ndarray) -> np.ndarray:
@@ -81,7 +69,7 @@ def accuracy(y: np.ndarray, scores: np.ndarray, task: Task) -> float:
     """Top-1 accuracy (binary and multi-label: threshold 0.5, multi-label averaged over every label)."""
     if task.kind == "multiclass":
         return float(np.mean(scores.argmax(1) == y))
-    return float(np.mean((scores >= 0.5) == (np.asarray(y) == 1)))
+    return float(np.mean((np.asarray(scores) >= 0.5) == outcomes(y, task)))  # (N, K) against (N, K)
 
 
 def validation_score(y: np.ndarray, scores: np.ndarray, task: Task) -> tuple[str, float]:
@@ -171,8 +159,8 @@ def probe_module(backbone: nn.Module, result: ProbeResult, task: Task) -> nn.Mod
 def knn_scores(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, task: Task, k: int = 20,
                temperature: float = 0.07, chunk: int = 1024) -> np.ndarray:
     """Weighted kNN on cosine similarity (InstDisc, Wu et al. 2018; DINO, Caron et al. 2021): the k most similar
-    training images vote with weights exp(sim / T), normalised to sum to 1; scores in the task's shape
-    (multi-label: the weighted mean of the neighbours' label vectors). k is capped at the training set's size."""
+    training images vote with weights exp(sim / T), normalised to sum to 1; scores (N, K), K = task.n_outputs:
+    the weighted mean of the neighbours' outcome columns. k is capped at the training set's size."""
     if len(x_train) == 0:
         raise MedsslError("kNN needs at least one training image")
     k = max(1, min(k, len(x_train)))
@@ -186,8 +174,7 @@ def knn_scores(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, tas
         w = np.exp(s - s.max(axis=1, keepdims=True))        # exp(sim / T) up to a factor that normalising removes
         w /= w.sum(axis=1, keepdims=True)
         out.append(np.einsum("nk,nkc->nc", w, labels[idx]))
-    p = np.concatenate(out) if out else np.zeros((0, labels.shape[1]))
-    return p[:, 0] if task.kind == "binary" else p
+    return np.concatenate(out) if out else np.zeros((0, labels.shape[1]))
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:

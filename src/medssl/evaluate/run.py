@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,10 +23,14 @@ from torch import nn
 from tqdm import tqdm
 
 from medssl.data.datasets import ImageDataset
+from medssl.data.preprocess import Preprocess
 from medssl.data.records import Record
 from medssl.data.splits import assign_splits, by_split, label_fraction
+from medssl.data.tasks import Task, make_task, targets, task_probabilities
 from medssl.errors import MedsslError
-from medssl.evaluate.tasks import Task, make_task, targets
+from medssl.inference import Bundle, load_bundle, predict_logits, save_bundle
+from medssl.models.classifier import Classifier
+from medssl.models.factory import ModelSpec, build_backbone
 
 PROTOCOLS = ("linear", "knn", "finetune", "segment")
 HEADLINE = ("roc_auc_macro", "accuracy", "balanced_accuracy", "f1_macro")
@@ -43,13 +47,20 @@ class EvalOptions:
     fractions: tuple[float, ...] = (0.01, 0.1, 1.0)
     seeds: int = 3
     baseline: str | None = "scratch"
-    finetune_steps: int = 300
+    finetune_steps: int | None = 300
+    finetune_epochs: int | None = None  # instead of finetune_steps
     finetune_batch: int = 64
+    finetune_lr: float = 1e-3
+    finetune_patience: int | None = 6  # validation scores without improvement before stopping; None = never
     finetune_head: str = "probe"  # pretrained fine-tuning starts from the linear probe's head (LP-FT) or "random"
     finetune_freeze_bn: bool = True  # pretrained fine-tuning keeps the pretrained BatchNorm statistics
     segment_steps: int = 300
+    segment_lr: float = 1e-3
+    segment_patience: int | None = None  # None: the whole budget, best val-Dice weights kept
+    keep_bundles: bool = True  # write the best classifier of each protocol as RUN/evaluate/bundles/PROTOCOL.pt
+    mask_encoding: str | None = None  # label, binary or bits; None: the manifest's mask_encoding column, else guessed
+    mask_classes: tuple[str, ...] | None = None  # None: the manifest's mask_classes column ("foreground" if binary)
     n_boot: int = 1000
-    synthetic_patients: int = 200
     task: str | None = None
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
@@ -67,9 +78,22 @@ class EvalOptions:
             raise MedsslError(f"--baseline {self.baseline!r} must be 'scratch' or omitted")
         if self.finetune_head not in ("probe", "random"):
             raise MedsslError(f"--finetune-head {self.finetune_head!r} must be 'probe' or 'random'")
-        for name in ("finetune_steps", "finetune_batch", "segment_steps", "n_boot"):
-            if getattr(self, name) < 1:
-                raise MedsslError(f"{name}={getattr(self, name)} must be positive")
+        from medssl.data.masks import ENCODINGS
+
+        if self.mask_encoding is not None and self.mask_encoding not in ENCODINGS:
+            raise MedsslError(f"--mask-encoding {self.mask_encoding!r} must be one of {', '.join(ENCODINGS)}")
+        if self.mask_classes is not None and (not self.mask_classes or not all(c.strip() for c in self.mask_classes)):
+            raise MedsslError(f"--mask-classes {','.join(self.mask_classes)!r}: need one or more non-empty names")
+        if (self.finetune_steps is None) == (self.finetune_epochs is None):
+            raise MedsslError("give one of --finetune-steps and --finetune-epochs")
+        for name in ("finetune_steps", "finetune_epochs", "finetune_batch", "finetune_patience", "segment_steps",
+                     "segment_patience", "n_boot"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise MedsslError(f"--{name.replace('_', '-')} {v} must be positive")
+        for name in ("finetune_lr", "segment_lr"):
+            if not getattr(self, name) > 0:
+                raise MedsslError(f"--{name.replace('_', '-')} {getattr(self, name)} must be positive")
         return self
 
 
@@ -82,33 +106,29 @@ class EvalData:
     y: dict[str, np.ndarray]
     task: Task
     size: int
+    source: str = ""
 
 
-def load_backbone(checkpoint: str) -> tuple[nn.Module, dict[str, Any]]:
-    """The pretrained backbone (eval mode) and its run's config."""
-    from medssl.checkpoint import backbone_from_checkpoint
-
-    return backbone_from_checkpoint(checkpoint)
-
-
-def fresh_backbone(config: dict[str, Any], seed: int) -> nn.Module:
+def fresh_backbone(spec: ModelSpec, seed: int) -> nn.Module:
     """The same architecture as the pretrained backbone, randomly initialised (the supervised baseline)."""
-    from medssl.models.backbones import create_backbone
-
-    m, d = config["model"], config["data"]
-    options = {k: m[k] for k in ("stem", "patch_size", "depth") if m.get(k) is not None}
     torch.manual_seed(seed)
-    return create_backbone(m["backbone"], d["channels"], d["size"], **options)[0]
+    return build_backbone(spec.bare())
 
 
-def load_eval_data(opts: EvalOptions, size: int, channels: int) -> EvalData:
-    """Records (the source's own splits, else a seeded patient-level 70/10/20 split), images and targets."""
+def load_eval_data(opts: EvalOptions, preprocess: Preprocess, pretrained: dict[str, Any] | None = None) -> EvalData:
+    """Records (the source's own splits, else a seeded patient-level 70/10/20 split), images and targets.
+
+    Without opts.data: the built-in synthetic set with the pretraining run's own parameters (pretrained: its
+    config's data section), so that val / test are the patients its pretraining never saw."""
     from medssl.data.sources import load_source
-    from medssl.synthetic import write_synthetic
+    from medssl.synthetic.builtin import BUILTIN_PATIENTS, BUILTIN_SEED, builtin_source
 
     source = opts.data
     if source is None:
-        source = write_synthetic(opts.out / "data", opts.synthetic_patients, size, seed=1, progress=opts.progress)
+        d = pretrained or {}
+        source = builtin_source(opts.out / "data", size=preprocess.size, progress=opts.progress,
+                                patients=int(d.get("synthetic_patients", BUILTIN_PATIENTS)),
+                                seed=int(d.get("synthetic_seed", BUILTIN_SEED)))
     records, _ = load_source(source, progress=opts.progress)
     records = [r for r in records if r.labels]
     if not records:
@@ -122,10 +142,9 @@ def load_eval_data(opts: EvalOptions, size: int, channels: int) -> EvalData:
     task = make_task(splits["train"], opts.task)
     images, y = {}, {}
     for name in ("train", "val", "test"):
-        x = ImageDataset(splits[name], size, progress=opts.progress).images
-        images[name] = x.expand(-1, channels, -1, -1) if channels > 1 else x
+        images[name] = ImageDataset(splits[name], preprocess, progress=opts.progress).images  # (N, 1, S, S) uint8
         y[name] = targets(splits[name], task)
-    return EvalData(splits, images, y, task, size)
+    return EvalData(splits, images, y, task, preprocess.size, str(source))
 
 
 def subset_index(train: Sequence[Record], fraction: float, seed: int) -> np.ndarray:
@@ -148,11 +167,13 @@ def score_run(y: np.ndarray, scores: np.ndarray, task: Task, groups: Sequence[st
 class Evaluation:
     """Runs every protocol x fraction x seed and keeps the per-run metrics and a few artefacts for plots."""
 
-    def __init__(self, opts: EvalOptions, backbone: nn.Module, config: dict[str, Any], data: EvalData):
-        self.opts, self.backbone, self.config, self.data = opts, backbone, config, data
+    def __init__(self, opts: EvalOptions, pretrained: Bundle, data: EvalData):
+        self.opts, self.pretrained, self.data = opts, pretrained, data
+        self.backbone, self.spec, self.preprocess = pretrained.model, pretrained.spec, pretrained.preprocess
+        self.config: dict[str, Any] = pretrained.meta.get("config", {})
         self.runs: list[dict[str, Any]] = []  # one row per (protocol, fraction, seed)
         self.artefacts: dict[str, Any] = {}
-        self.feature_dim = int(getattr(backbone, "feature_dim", 0))
+        self.best: dict[str, tuple[float, Classifier, dict[str, Any]]] = {}  # protocol -> best on validation
         self.features: dict[str, np.ndarray] = {}
         self.probes: dict[tuple[float, int], Any] = {}  # (fraction, seed) -> ProbeResult, shared by LP-FT
 
@@ -163,7 +184,8 @@ class Evaluation:
             from medssl.evaluate.probe import backbone_fingerprint, sanity_check
 
             before = backbone_fingerprint(self.backbone)
-            self.features = {k: extract_features(self.backbone, v) for k, v in self.data.images.items()}
+            self.features = {k: extract_features(self.backbone, v, self.preprocess)
+                             for k, v in self.data.images.items()}
             sanity_check(self.backbone, before)
         return self.features
 
@@ -193,6 +215,25 @@ class Evaluation:
         self._record("linear", fraction, seed, res.scores, {"C": res.C})
         if seed == 0 and fraction == max(self.opts.fractions):
             self.artefacts["probe"] = res
+        if self.opts.keep_bundles:
+            self._keep("linear", res.val_score, lambda: self._probe_classifier(res), fraction, seed)
+
+    def _probe_classifier(self, res: Any) -> Classifier:
+        """The probe as a torch classifier: the frozen backbone (copied) + a LinearHead holding its weights."""
+        model = Classifier(copy.deepcopy(self.backbone), self.data.task)
+        model.head.load(res.weight, res.bias)
+        return model.eval()
+
+    def _keep(self, protocol: str, val: float, model: Classifier | Callable[[], Classifier], fraction: float,
+              seed: int) -> None:
+        """Keep the protocol's classifier with the best validation score so far (ties: the later, larger run)."""
+        val = float(val) if val is not None and np.isfinite(val) else -np.inf
+        if protocol in self.best and val < self.best[protocol][0]:
+            return
+        run = self.runs[-1]
+        meta = {"protocol": protocol, "fraction": fraction, "seed": seed, "val_score": val,
+                "test_metrics": {k: run.get(k) for k in HEADLINE}}
+        self.best[protocol] = (val, model if isinstance(model, Classifier) else model(), meta)
 
     def run_knn(self, fraction: float, seed: int, idx: np.ndarray) -> None:
         """Cosine kNN on frozen features."""
@@ -206,40 +247,52 @@ class Evaluation:
         from medssl.evaluate.finetune import FinetuneConfig, finetune
 
         d, o = self.data, self.opts
-        backbone = fresh_backbone(self.config, seed) if scratch else copy.deepcopy(self.backbone)
+        backbone = fresh_backbone(self.spec, seed) if scratch else copy.deepcopy(self.backbone)
         name = "scratch" if scratch else "finetune"
         # a random backbone learns at the head's rate, and its BatchNorm statistics have nothing worth keeping; a
         # pretrained one learns at a tenth of the rate (the default) and may keep its statistics
         arm = {"backbone_lr_scale": 1.0} if scratch else {"freeze_bn": o.finetune_freeze_bn}
-        cfg = FinetuneConfig(steps=o.finetune_steps, batch_size=min(o.finetune_batch, len(idx)), size=d.size,
-                             seed=seed, augment=self.config["data"].get("augment", "chest_xray"), **arm)
+        cfg = FinetuneConfig(steps=o.finetune_steps, epochs=o.finetune_epochs, lr=o.finetune_lr,
+                             patience=o.finetune_patience, batch_size=min(o.finetune_batch, len(idx)), seed=seed,
+                             augment=self.config.get("data", {}).get("augment", "chest_xray"), **arm)
         run_dir = o.out / "finetune" / f"{name}_f{fraction:g}_s{seed}"
         head = None
         if not scratch and o.finetune_head == "probe":
             res = self.probe(fraction, seed, idx)
             head = (res.weight, res.bias)
-        model, history = finetune(backbone, self.feature_dim, d.images["train"][idx], d.y["train"][idx],
-                                  d.images["val"], d.y["val"], d.task, cfg, run_dir, progress=False, head=head)
-        self._record(name, fraction, seed, model.predict_scores(d.images["test"]),
+        model, history = finetune(backbone, d.images["train"][idx], d.y["train"][idx], d.images["val"], d.y["val"],
+                                  d.task, cfg, run_dir, progress=False, head=head, preprocess=self.preprocess)
+        scores = task_probabilities(predict_logits(model, d.images["test"], self.preprocess), d.task)
+        self._record(name, fraction, seed, scores,
                      {"best_step": history.get("best_step"), "best_val_auc": history.get("best_val_auc")})
         if seed == 0 and fraction == max(o.fractions):
             self.artefacts[f"model_{name}"] = model
+        if o.keep_bundles:
+            self._keep(name, history["best_val"], model, fraction, seed)
 
     def run_segment(self, fraction: float, seed: int, idx: np.ndarray, scratch: bool) -> None:
-        """U-Net with the pretrained (or a fresh) encoder on the synthetic masks; Dice on the test split."""
-        from medssl.evaluate.segment import SegmentConfig, read_masks, segment_transfer
+        """U-Net with the pretrained (or a fresh) encoder on the records' masks; Dice on the test split."""
+        from medssl.data.masks import mask_spec, read_masks
+        from medssl.evaluate.segment import SegmentConfig, segment_transfer
 
         d, o = self.data, self.opts
+        if "mask_spec" not in self.artefacts:  # decided once, from every split's records
+            records = [r for split in ("train", "val", "test") for r in d.splits[split]]
+            self.artefacts["mask_spec"] = mask_spec(records, o.mask_encoding, o.mask_classes)
+        spec = self.artefacts["mask_spec"]
         masks = self.artefacts.setdefault("masks", {})
         for split in ("train", "val", "test"):
             if split not in masks:
-                masks[split] = read_masks(d.splits[split], d.size)
-        backbone = fresh_backbone(self.config, seed) if scratch else copy.deepcopy(self.backbone)
+                masks[split] = read_masks(d.splits[split], spec, d.size)
+        backbone = fresh_backbone(self.spec, seed) if scratch else copy.deepcopy(self.backbone)
         name = "segment_scratch" if scratch else "segment"
-        cfg = SegmentConfig(steps=o.segment_steps, size=d.size, seed=seed, backbone_lr_scale=1.0 if scratch else 0.1)
+        cfg = SegmentConfig(steps=o.segment_steps, lr=o.segment_lr, patience=o.segment_patience, size=d.size,
+                            seed=seed, backbone_lr_scale=1.0 if scratch else 0.1)
+        run_dir = o.out / "segment" / f"{name}_f{fraction:g}_s{seed}"
         res = segment_transfer(backbone, d.images["train"][idx], masks["train"][idx], d.images["val"], masks["val"],
-                               d.images["test"], masks["test"], cfg, o.out / "segment" / f"{name}_f{fraction:g}_s{seed}")
-        self.runs.append({"protocol": name, "fraction": fraction, "seed": seed, **res})
+                               d.images["test"], masks["test"], cfg, run_dir, classes=spec.classes)
+        self.runs.append({"protocol": name, "fraction": fraction, "seed": seed, "classes": list(spec.classes),
+                          "mask_encoding": spec.encoding, **res})
 
     def run(self) -> None:
         """Every protocol x fraction x seed, with a progress bar."""
@@ -278,10 +331,25 @@ def run_evaluate(opts: EvalOptions) -> dict[str, Any]:
 
     opts.validate()
     t0 = time.perf_counter()
-    backbone, config = load_backbone(opts.checkpoint)
+    pretrained = load_bundle(opts.checkpoint)
+    if pretrained.is_classifier:
+        raise MedsslError(f"{opts.checkpoint}: is a classifier bundle; evaluate takes a pretraining run or checkpoint")
     opts.out.mkdir(parents=True, exist_ok=True)
-    data = load_eval_data(opts, config["data"]["size"], config["data"]["channels"])
-    ev = Evaluation(opts, backbone, config, data)
+    data = load_eval_data(opts, pretrained.preprocess, pretrained.meta.get("config", {}).get("data"))
+    ev = Evaluation(opts, pretrained, data)
     ev.run()
     summary = summarise_runs(ev.runs)
-    return write_outputs(ev, summary, time.perf_counter() - t0)
+    metrics = write_outputs(ev, summary, time.perf_counter() - t0)
+    metrics["bundles"] = write_bundles(ev)
+    return metrics
+
+
+def write_bundles(ev: Evaluation) -> dict[str, str]:
+    """The best classifier of each protocol (on validation) as out/bundles/PROTOCOL.pt; protocol -> path."""
+    out = {}
+    for protocol, (_, model, meta) in ev.best.items():
+        path = ev.opts.out / "bundles" / f"{protocol}.pt"
+        save_bundle(path, model, ev.spec, ev.preprocess, {**meta, "trained_on": ev.data.source,
+                                                          "pretrained_from": str(ev.opts.checkpoint)})
+        out[protocol] = str(path)
+    return out

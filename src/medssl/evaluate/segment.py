@@ -3,10 +3,10 @@
 The dense-task evaluation reported next to classification (e.g. Chaitanya et al. 2020, Azizi et al. 2021): the same
 U-Net, trained with the same budget, once on the pretrained encoder and once from scratch.
 
-- Masks: 8-bit PNGs where bit k is FINDINGS[k] (medssl.synthetic), decoded to (N, K, S, S) {0, 1} by `read_masks`.
+- Masks: (N, K, S, S) {0, 1} from medssl.data.masks.read_masks (label, binary or bit-field PNGs, NIfTI labels).
 - Loss: soft Dice (MONAI DiceLoss, sums over the batch) + per-pixel binary cross-entropy. Not MONAI's DiceCELoss:
   with K > 1 channels it applies softmax cross-entropy even when sigmoid=True, and findings overlap (multi-label).
-- Training goes through `train.fit`: the encoder's lower learning rate is the model's `lr_scales` ({"backbone": s}),
+- Training goes through `train.fit`: the encoder's lower learning rate is the model's `lr_scales()` ({"backbone": s}),
   which fit's optimiser reads; fit's `Validation` scores val Dice every `val_every` steps and ends the run with the
   best-scoring weights (a fixed budget: no early stop).
 - Augmentation is geometric only (rotation, shift, zoom), one affine per sample applied to image and mask alike;
@@ -29,55 +29,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.losses import DiceLoss
-from PIL import Image, UnidentifiedImageError
 from torch import Tensor, nn
 
-from medssl.checkpoint import drop_checkpoints
-from medssl.config import OptimConfig, TrainConfig
-from medssl.data.records import Record
 from medssl.synthetic import FINDINGS
 from medssl.errors import MedsslError
+from medssl.schema import plain
 from medssl.models.backbones import ResNet
-from medssl.train import Validation, fit
+from medssl.models.trainable import Trainable
+from medssl.optim import OptimConfig
+from medssl.train import RunSpec, TrainConfig, Validation, fit
 
 
-# ---------------------------------------------------------------- masks and the metric
-
-def _read_bit_mask(record: Record) -> np.ndarray:
-    """The record's mask PNG as (H, W) uint8, bit k = FINDINGS[k]; MedsslError naming the file otherwise."""
-    if not record.mask:
-        raise MedsslError(f"{record.path}: no mask (empty 'mask' column); segmentation needs one for every image")
-    try:
-        with Image.open(record.mask) as img:
-            if img.mode != "L":
-                raise MedsslError(f"{record.mask}: mask is of mode {img.mode}, expected 8-bit grey (bit k = class k)")
-            return np.asarray(img, dtype=np.uint8)
-    except FileNotFoundError:
-        raise MedsslError(f"{record.mask}: mask file not found (mask of {record.path})") from None
-    except (UnidentifiedImageError, OSError) as e:
-        raise MedsslError(f"{record.mask}: not a readable mask image ({e})") from None
-
-
-def decode_bits(bits: np.ndarray | Tensor, classes: Sequence[str] = FINDINGS) -> Tensor:
-    """Bit masks (N, H, W) uint8, bit k = FINDINGS[k] (synthetic.generate's masks) -> (N, K, H, W) uint8 {0, 1}."""
-    unknown = [c for c in classes if c not in FINDINGS]
-    if unknown:
-        raise MedsslError(f"mask classes {unknown} are not among the mask bits {FINDINGS}")
-    shifts = torch.tensor([FINDINGS.index(c) for c in classes], dtype=torch.uint8)[None, :, None, None]
-    return (torch.as_tensor(bits, dtype=torch.uint8)[:, None] >> shifts) & 1      # (N, K, H, W)
-
-
-def read_masks(records: Sequence[Record], size: int, classes: Sequence[str] = FINDINGS) -> Tensor:
-    """(N, K, size, size) uint8 in {0, 1} from the records' bit-mask PNGs, nearest-neighbour resized."""
-    decode_bits(np.zeros((0, 1, 1), np.uint8), classes)  # checks the class names before any file is read
-    bits = torch.empty(len(records), size, size, dtype=torch.uint8)
-    for i, rec in enumerate(records):
-        m = torch.from_numpy(_read_bit_mask(rec).copy())[None, None]           # (1, 1, H, W)
-        if tuple(m.shape[-2:]) != (size, size):  # values 0..255 are exact in float32
-            m = F.interpolate(m.float(), size=(size, size), mode="nearest-exact").to(torch.uint8)
-        bits[i] = m[0, 0]
-    return decode_bits(bits, classes)
-
+# ---------------------------------------------------------------- the metric
 
 def dice_scores(pred_mask: np.ndarray, true_mask: np.ndarray, classes: Sequence[str] | None = None) -> dict[str, Any]:
     """Dice per class over a whole set, (N, K, H, W) bool each: 2|P & T| / (|P| + |T|) summed over images.
@@ -107,12 +70,7 @@ def _conv_block(cin: int, cout: int) -> nn.Sequential:
         nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
-def _out_channels(module: nn.Module) -> int:
-    """Channels a ResNet stage puts out: those of its last convolution (shortcuts match the main branch)."""
-    return [m.out_channels for m in module.modules() if isinstance(m, nn.Conv2d)][-1]
-
-
-class UNet(nn.Module):
+class UNet(Trainable):
     """U-Net (Ronneberger et al. 2015) on a ResNet encoder: stem and stages 1-3 are skips, stage 4 the bottleneck.
 
     Each decoder block upsamples to its skip's size, concatenates and convolves; a last block at the input's
@@ -129,17 +87,20 @@ class UNet(nn.Module):
         if not 1 <= len(decoder_channels) <= 4 or n_classes < 1:
             raise MedsslError(f"decoder_channels {tuple(decoder_channels)}: 1 to 4 widths; n_classes {n_classes} >= 1")
         self.backbone = backbone
-        self.lr_scales = {"backbone": backbone_lr_scale}  # read by optim.make_optimizer
-        stages = [backbone.layer1, backbone.layer2, backbone.layer3, backbone.layer4]
-        skips = [backbone.conv1.out_channels] + [_out_channels(s) for s in stages[:-1]]  # stem, layer1..3
-        cin, blocks = _out_channels(stages[-1]), []
+        self.backbone_lr_scale = backbone_lr_scale
+        *skips, cin = backbone.feature_channels                 # skips: stem, layer1..3; layer4 is the bottleneck
+        blocks = []
         for skip, cout in zip(reversed(skips), decoder_channels):
             blocks.append(_conv_block(cin + skip, cout))
             cin = cout
         self.decoder = nn.ModuleList(blocks)
-        self.final = _conv_block(cin + backbone.conv1.in_channels, cin)
+        self.final = _conv_block(cin + backbone.in_channels, cin)
         self.head = nn.Conv2d(cin, n_classes, 1)
         self.dice_loss = DiceLoss(sigmoid=True, batch=True)  # batch=True: a finding absent from one image is fine
+
+    def lr_scales(self) -> dict[str, float]:
+        """The encoder learns at backbone_lr_scale times the decoder's rate."""
+        return {"backbone": self.backbone_lr_scale}
 
     @torch.no_grad()
     def set_prior(self, fraction: Tensor) -> None:
@@ -147,21 +108,9 @@ class UNet(nn.Module):
         starts at the background rate, not at p = 0.5 everywhere, which Adam's small steps take long to undo."""
         self.head.bias.copy_(torch.logit(fraction.to(self.head.bias).clamp(1e-4, 0.5)))
 
-    def encode(self, x: Tensor) -> list[Tensor]:
-        """(B, C, H, W) -> [stem, layer1, layer2, layer3, layer4] feature maps, as ResNet.forward_features runs."""
-        b = self.backbone
-        x = b.act(b.bn1(b.conv1(x)))
-        feats = [x]
-        if not b.no_max_pool:
-            x = b.maxpool(x)
-        for stage in (b.layer1, b.layer2, b.layer3, b.layer4):
-            x = stage(x)
-            feats.append(x)
-        return feats
-
     def logits(self, image: Tensor) -> Tensor:
         """(B, C, H, W) -> (B, K, H, W) logits."""
-        feats = self.encode(image)
+        feats = self.backbone.feature_maps(image)                             # stem, layer1..4
         x = feats[-1]                                                           # (B, 512 e, H / s, W / s)
         for block, skip in zip(self.decoder, reversed(feats[:-1])):
             x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
@@ -216,16 +165,8 @@ class SegmentConfig:
     scale: tuple[float, float] = (0.9, 1.1)
     decoder_channels: tuple[int, ...] = (128, 64, 32, 16)
     val_every: int = 25  # steps between validation scores (and at the end); the best-scoring weights are kept
-    keep_checkpoint: bool = False  # fit writes run_dir/checkpoints/last.pt; deleted after evaluation unless set
-
-
-@dataclass
-class _FitConfig:
-    """What train.fit needs (optim, train) and saves, with the segmentation settings beside them."""
-
-    segment: SegmentConfig
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    patience: int | None = None  # validation scores without improvement before stopping; None = the whole budget
+    keep_checkpoints: bool = False  # fit writes run_dir/checkpoints/last.pt; removed after evaluation unless set
 
 
 class SegmentBatches:
@@ -294,11 +235,13 @@ def _val_dice(model: nn.Module, images: Tensor, masks: Tensor) -> float:
     return dice_scores(predict_masks(model, images), masks.numpy())["dice_macro"]  # type: ignore[arg-type]
 
 
-def _fit_config(cfg: SegmentConfig) -> _FitConfig:
+def _run_spec(cfg: SegmentConfig, validation: Validation | None) -> RunSpec:
+    """fit's RunSpec: one process, a 5 % warm-up then cosine, the best val-Dice weights kept."""
     optim = OptimConfig(lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_steps=cfg.steps // 20)
     train = TrainConfig(steps=cfg.steps, epochs=None, seed=cfg.seed, devices=1, log_every=max(1, cfg.steps // 30),
                         checkpoint_every=cfg.steps)
-    return _FitConfig(cfg, optim, train)
+    return RunSpec(train.validate(), optim.validate(), validation, cfg.keep_checkpoints,
+                   record={"segment": plain(cfg)})
 
 
 def segment_transfer(backbone: nn.Module, train_images: Tensor, train_masks: Tensor, val_images: Tensor,
@@ -325,10 +268,8 @@ def segment_transfer(backbone: nn.Module, train_images: Tensor, train_masks: Ten
     model.set_prior(train_masks.float().mean(dim=(0, 2, 3)))
     make_loader = functools.partial(_make_batches, train_images, train_masks, cfg, backbone.conv1.in_channels)
     validation = Validation(functools.partial(_val_dice, images=val_images, masks=val_masks),
-                            every=cfg.val_every) if len(val_images) else None
-    result = fit(model, make_loader, _fit_config(cfg), run_dir, progress=progress, validation=validation)
-    if not cfg.keep_checkpoint:
-        drop_checkpoints(run_dir)
+                            every=cfg.val_every, patience=cfg.patience) if len(val_images) else None
+    result = fit(model, make_loader, _run_spec(cfg, validation), run_dir, progress=progress)
     test = dice_scores(predict_masks(model, test_images), test_masks.numpy(), classes)
     best = result.get("best_val", math.nan)  # -inf when no score was a number
     return {**test, "val_dice_macro": best if math.isfinite(best) else math.nan, "best_step": result.get("best_step"),

@@ -1,47 +1,55 @@
-"""Self-supervised methods: one nn.Module each, forward(batch) -> dict with "loss".
+"""Self-supervised methods: one Trainable module each, forward(batch) -> dict with "loss".
 
-METHODS is the one list of them (no registry decorators); BATCH_KEYS tells the data layer what each batch holds.
+Each method declares, beside its class: `Options` (a typed dataclass of its options, with validate()), `batch`
+(the BatchSpec of what it consumes: two views of one image, two images of one patient, one image, ...) and
+`build(spec)` (a fresh model from a ModelSpec). METHODS is the one dict of them (no registry decorators): adding a
+method is one file and one line here. Nothing outside this package compares a method's name.
 """
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Mapping
-from typing import Any
+import dataclasses
+from typing import Any, Protocol
 
 from torch import nn
 
+from medssl.data.datasets import BatchSpec
 from medssl.errors import MedsslError
 from medssl.methods.byol import BYOL
 from medssl.methods.mae import MAE
 from medssl.methods.micle import MICLe
 from medssl.methods.moco import MoCo
 from medssl.methods.simclr import SimCLR
-from medssl.models.backbones import create_backbone
-
-METHODS: dict[str, type[nn.Module]] = {"simclr": SimCLR, "micle": MICLe, "moco": MoCo, "byol": BYOL, "mae": MAE}
-
-# method -> batch keys, each (B, C, H, W); MICLe's view1 and view2 are two images of one patient
-BATCH_KEYS: dict[str, tuple[str, ...]] = {
-    "simclr": ("view1", "view2"),
-    "micle": ("view1", "view2"),
-    "moco": ("view1", "view2"),
-    "byol": ("view1", "view2"),
-    "mae": ("image",),
-}
+from medssl.models.factory import ModelSpec
 
 
-def build_method(name: str, backbone_name: str, in_channels: int, image_size: int,
-                 backbone_options: Mapping[str, Any] | None = None, **kwargs: Any) -> nn.Module:
-    """Backbone + method by name; backbone_options go to create_backbone (stem, patch_size, depth), kwargs to the
-    method's constructor (e.g. temperature=0.2)."""
+class Method(Protocol):
+    """What METHODS holds: a class with its typed options, its batch declaration and a builder."""
+
+    Options: type
+    batch: BatchSpec
+
+    @classmethod
+    def build(cls, spec: ModelSpec) -> nn.Module: ...
+
+
+METHODS: dict[str, Any] = {"simclr": SimCLR, "micle": MICLe, "moco": MoCo, "byol": BYOL, "mae": MAE}
+
+
+def method(name: str) -> Method:
+    """The method class of a name; MedsslError listing the known ones."""
     if name not in METHODS:
         raise MedsslError(f"unknown method {name!r}; known: {', '.join(METHODS)}")
-    cls = METHODS[name]
-    known = set(inspect.signature(cls).parameters) - {"backbone", "feature_dim"}
-    unknown = sorted(set(kwargs) - known)
-    if unknown:
-        raise MedsslError(f"unknown option(s) {', '.join(unknown)} for method {name!r}; "
-                          f"known: {', '.join(sorted(known))}")
-    backbone, feature_dim = create_backbone(backbone_name, in_channels, image_size, **(backbone_options or {}))
-    return cls(backbone, feature_dim, **kwargs)
+    return METHODS[name]
+
+
+def build_model(spec: ModelSpec) -> nn.Module:
+    """The method module of a spec (backbone + the method's heads), freshly initialised from the global torch RNG."""
+    if spec.method is None:
+        raise MedsslError("the model spec names no method")
+    cls = method(spec.method)
+    options = spec.options if spec.options is not None else cls.Options()
+    if not isinstance(options, cls.Options):
+        raise MedsslError(f"options {options!r} are not {cls.Options.__name__} of method {spec.method!r}")
+    options.validate()
+    return cls.build(dataclasses.replace(spec, options=options))

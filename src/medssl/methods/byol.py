@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from medssl.data.datasets import TWO_VIEWS
 from medssl.losses import byol_loss
+from medssl.models.factory import ModelSpec, build_backbone
 from medssl.models.heads import PredictionHead, ProjectionHead
+from medssl.models.trainable import Trainable
+from medssl.schema import bad, check_positive
 
 
 def cosine_momentum(step: int, total_steps: int, base: float) -> float:
@@ -37,18 +42,41 @@ def frozen_copy(module: nn.Module) -> nn.Module:
     return twin
 
 
-class BYOL(nn.Module):
+@dataclass
+class BYOLOptions:
+    """BYOL's options (`model.options` in a config)."""
+
+    proj_dim: int = 256
+    hidden_dim: int = 4096
+    momentum: float = 0.996  # start of the cosine schedule to 1
+
+    def validate(self) -> None:
+        """Raise MedsslError naming a bad value."""
+        check_positive(self, "model.options", ("proj_dim", "hidden_dim"))
+        if not 0 <= self.momentum < 1:
+            raise bad("model.options.momentum", self.momentum, "must be in [0, 1)")
+
+
+class BYOL(Trainable):
     """Online backbone + projector + predictor regress an EMA target's projection of the other view.
 
     No negatives; the loss is symmetrised (summed over both view orders, as in the paper: range 0 to 8).
     Batch keys: view1, view2 (B, C, H, W). Call on_step after every optimiser step (the EMA of the target).
     """
 
-    def __init__(self, backbone: nn.Module, feature_dim: int, proj_dim: int = 256, hidden_dim: int = 4096,
-                 momentum: float = 0.996):
+    Options = BYOLOptions
+    batch = TWO_VIEWS
+
+    @classmethod
+    def build(cls, spec: ModelSpec) -> "BYOL":
+        """Fresh backbone + projector, predictor and target, from the spec and its BYOLOptions."""
+        o = spec.options or cls.Options()
+        return cls(build_backbone(spec), o.proj_dim, o.hidden_dim, o.momentum)
+
+    def __init__(self, backbone: nn.Module, proj_dim: int = 256, hidden_dim: int = 4096, momentum: float = 0.996):
         super().__init__()
         self.backbone = backbone                                # kept for evaluation; the heads are dropped
-        self.projector = ProjectionHead(feature_dim, hidden_dim, proj_dim)
+        self.projector = ProjectionHead(int(backbone.feature_dim), hidden_dim, proj_dim)
         self.predictor = PredictionHead(proj_dim, hidden_dim, proj_dim)
         self.target_backbone = frozen_copy(backbone)
         self.target_projector = frozen_copy(self.projector)

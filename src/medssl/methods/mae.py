@@ -7,13 +7,19 @@ forward_encoder -> forward_decoder -> forward_loss, as in models_mae.py.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from einops import rearrange
 from torch import Tensor, nn
 
+from medssl.data.datasets import ONE_IMAGE
 from medssl.errors import MedsslError
 from medssl.losses import masked_mse
 from medssl.models.backbones import TransformerBlock, ViT, init_transformer_weights, sincos_pos_embed_2d
+from medssl.models.factory import ModelSpec, build_backbone
+from medssl.models.trainable import Trainable
+from medssl.schema import bad, check_positive
 
 
 def patchify(images: Tensor, patch_size: int) -> Tensor:
@@ -72,13 +78,40 @@ class MAEDecoder(nn.Module):
         return self.pred(self.norm(x))[:, 1:]                   # (B, N, patch_dim)
 
 
-class MAE(nn.Module):
+@dataclass
+class MAEOptions:
+    """MAE's options (`model.options` in a config)."""
+
+    mask_ratio: float = 0.75
+    decoder_dim: int = 128
+    decoder_depth: int = 2
+    decoder_heads: int = 4
+    norm_pix_loss: bool = True
+
+    def validate(self) -> None:
+        """Raise MedsslError naming a bad value."""
+        check_positive(self, "model.options", ("decoder_dim", "decoder_depth", "decoder_heads"))
+        if not 0 < self.mask_ratio < 1:
+            raise bad("model.options.mask_ratio", self.mask_ratio, "must be between 0 and 1 (exclusive)")
+
+
+class MAE(Trainable):
     """Masked autoencoder on a ViT backbone ('vit_tiny', 'vit_small'). Batch key: image (B, C, H, W).
 
     norm_pix_loss: targets are the pixels of each patch normalised by that patch's mean and variance.
     """
 
-    def __init__(self, backbone: nn.Module, feature_dim: int, mask_ratio: float = 0.75, decoder_dim: int = 128,
+    Options = MAEOptions
+    batch = ONE_IMAGE
+
+    @classmethod
+    def build(cls, spec: ModelSpec) -> "MAE":
+        """Fresh ViT backbone + decoder, from the spec and its MAEOptions."""
+        o = spec.options or cls.Options()
+        return cls(build_backbone(spec), o.mask_ratio, o.decoder_dim, o.decoder_depth, o.decoder_heads,
+                   o.norm_pix_loss)
+
+    def __init__(self, backbone: nn.Module, mask_ratio: float = 0.75, decoder_dim: int = 128,
                  decoder_depth: int = 2, decoder_heads: int = 4, norm_pix_loss: bool = True):
         super().__init__()
         if not isinstance(backbone, ViT):
@@ -87,7 +120,7 @@ class MAE(nn.Module):
             raise MedsslError(f"MAE mask_ratio must be between 0 and 1 (exclusive), got {mask_ratio}")
         self.backbone = backbone                                # kept for evaluation; the decoder is dropped
         self.patch_size, self.grid_size = backbone.patch_size, backbone.grid_size
-        self.decoder = MAEDecoder(feature_dim, backbone.grid_size,
+        self.decoder = MAEDecoder(backbone.feature_dim, backbone.grid_size,
                                   backbone.patch_size**2 * backbone.in_channels, decoder_dim, decoder_depth,
                                   decoder_heads)
         self.mask_ratio, self.norm_pix_loss = mask_ratio, norm_pix_loss

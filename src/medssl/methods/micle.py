@@ -11,11 +11,16 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from medssl.data.datasets import PATIENT_PAIRS
 from medssl.methods.simclr import SimCLR
 
 
 class MICLe(SimCLR):
-    """SimCLR on same-patient image pairs. Batch keys: view1, view2 (B, C, H, W); optional same_image (B,) bool."""
+    """SimCLR on same-patient image pairs. Batch keys: view1, view2 (B, C, H, W); same_image (B,) bool.
+
+    Options: SimCLR's (SimCLROptions)."""
+
+    batch = PATIENT_PAIRS
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """SimCLR's outputs, plus pair_same_image: the fraction of pairs that fell back to a single image."""

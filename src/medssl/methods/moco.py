@@ -17,28 +17,63 @@ Choices here:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from medssl.data.datasets import TWO_VIEWS
 from medssl.errors import MedsslError
 from medssl.losses import concat_all_gather, info_nce
 from medssl.methods.byol import cosine_momentum, ema_update, frozen_copy
+from medssl.models.factory import ModelSpec, build_backbone
 from medssl.models.heads import ProjectionHead
+from medssl.models.trainable import Trainable
+from medssl.schema import bad, check_positive
 
 
-class MoCo(nn.Module):
+@dataclass
+class MoCoOptions:
+    """MoCo v2's options (`model.options` in a config)."""
+
+    proj_dim: int = 128
+    hidden_dim: int | None = None  # None = 2048, as in MoCo v2
+    queue_size: int = 4096
+    temperature: float = 0.2
+    momentum: float = 0.99  # start of the cosine schedule to 1
+    symmetric: bool = False
+
+    def validate(self) -> None:
+        """Raise MedsslError naming a bad value."""
+        check_positive(self, "model.options", ("proj_dim", "hidden_dim", "queue_size", "temperature"))
+        if not 0 <= self.momentum < 1:
+            raise bad("model.options.momentum", self.momentum, "must be in [0, 1)")
+
+
+class MoCo(Trainable):
     """MoCo v2: query encoder, momentum key encoder, queue of negatives. Batch keys: view1, view2 (B, C, H, W).
 
     symmetric=True also uses view2 as queries against view1's keys (MoCo v3) and enqueues both keys.
     Call on_step after every optimiser step (the EMA of the key encoder).
     """
 
-    def __init__(self, backbone: nn.Module, feature_dim: int, proj_dim: int = 128, hidden_dim: int | None = None,
+    Options = MoCoOptions
+    batch = TWO_VIEWS
+
+    @classmethod
+    def build(cls, spec: ModelSpec) -> "MoCo":
+        """Fresh backbone + heads and queue, from the spec and its MoCoOptions."""
+        o = spec.options or cls.Options()
+        return cls(build_backbone(spec), o.proj_dim, o.hidden_dim, o.queue_size, o.temperature, o.momentum,
+                   o.symmetric)
+
+    def __init__(self, backbone: nn.Module, proj_dim: int = 128, hidden_dim: int | None = None,
                  queue_size: int = 4096, temperature: float = 0.2, momentum: float = 0.99, symmetric: bool = False):
         super().__init__()
         self.backbone = backbone                                # kept for evaluation; the heads are dropped
-        self.head = ProjectionHead(feature_dim, hidden_dim or 2048, proj_dim, batch_norm=False)  # as in MoCo v2
+        dim = int(backbone.feature_dim)
+        self.head = ProjectionHead(dim, hidden_dim or 2048, proj_dim, batch_norm=False)  # as in MoCo v2
         self.key_backbone = frozen_copy(backbone)
         self.key_head = frozen_copy(self.head)
         self.register_buffer("queue", F.normalize(torch.randn(queue_size, proj_dim), dim=1))   # (K, D)

@@ -48,7 +48,10 @@ def default_patch_size(image_size: int) -> int:
 
 
 class ResNet(MonaiResNet):
-    """MONAI's 2D ResNet without its classifier; `forward` global-average-pools `forward_features`."""
+    """MONAI's 2D ResNet without its classifier; `forward` global-average-pools `forward_features`.
+
+    `feature_maps` gives every stage's output (stem, layer1..4; U-Net skips), with `feature_channels` channels.
+    """
 
     def __init__(self, name: str, in_channels: int, stem: str):
         block, layers = RESNETS[name]
@@ -59,14 +62,24 @@ class ResNet(MonaiResNet):
             feed_forward=False, bias_downsample=False,  # a bias before BatchNorm is redundant
         )
         self.stem = stem
+        self.in_channels = in_channels
         self.feature_dim = 512 * block.expansion
+        self.feature_channels = (64, *(w * block.expansion for w in (64, 128, 256, 512)))  # stem, layer1..4
+
+    def feature_maps(self, x: Tensor) -> list[Tensor]:
+        """(B, C, H, W) -> [stem, layer1, layer2, layer3, layer4] outputs, channels `feature_channels`."""
+        x = self.act(self.bn1(self.conv1(x)))                   # (B, 64, H / t, W / t), t = conv1's stride
+        maps = [x]
+        if not self.no_max_pool:
+            x = self.maxpool(x)
+        for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
+            x = stage(x)
+            maps.append(x)
+        return maps
 
     def forward_features(self, x: Tensor) -> Tensor:
         """(B, C, H, W) -> feature map (B, feature_dim, H / s, W / s), s = 8, 16 or 32 by stem."""
-        x = self.act(self.bn1(self.conv1(x)))
-        if not self.no_max_pool:
-            x = self.maxpool(x)
-        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.feature_maps(x)[-1]
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, C, H, W) -> (B, feature_dim)."""

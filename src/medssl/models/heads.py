@@ -1,8 +1,12 @@
-"""Heads put on a backbone's pooled features: projection (SimCLR, MoCo v2), prediction (BYOL), linear classifier."""
+"""Heads put on a backbone's pooled features: projection (SimCLR, MoCo v2), prediction (BYOL), the linear head."""
 
 from __future__ import annotations
 
+import numpy as np
+import torch
 from torch import Tensor, nn
+
+from medssl.errors import MedsslError
 
 
 class ProjectionHead(nn.Sequential):
@@ -31,18 +35,30 @@ class PredictionHead(ProjectionHead):
         super().__init__(in_dim, hidden_dim, out_dim, num_layers=2, batch_norm=True)
 
 
-class LinearClassifier(nn.Module):
-    """Linear probe on frozen features: (B, in_dim) -> logits (B, num_classes).
+class LinearHead(nn.Module):
+    """THE linear classifier head: pooled features (B, in_dim) -> logits (B, n_outputs), always 2-D.
 
-    batch_norm=True puts a BatchNorm1d without affine parameters first, as MAE's linear probing does
+    Used by fine-tuning, by the linear probe (its fitted weights copied in with `load`), by classifier bundles and
+    Grad-CAM. batch_norm=True puts a BatchNorm1d without affine parameters first, as MAE's linear probing does
     (He et al. 2022): it rescales features whose magnitudes differ a lot between methods.
     """
 
-    def __init__(self, in_dim: int, num_classes: int, batch_norm: bool = False):
+    def __init__(self, in_dim: int, n_outputs: int, batch_norm: bool = False):
         super().__init__()
         self.norm = nn.BatchNorm1d(in_dim, affine=False) if batch_norm else nn.Identity()
-        self.linear = nn.Linear(in_dim, num_classes)
+        self.linear = nn.Linear(in_dim, n_outputs)
 
     def forward(self, x: Tensor) -> Tensor:
-        """(B, in_dim) -> (B, num_classes)."""
+        """(B, in_dim) -> (B, n_outputs)."""
         return self.linear(self.norm(x))
+
+    @torch.no_grad()
+    def load(self, weight: np.ndarray | Tensor, bias: np.ndarray | Tensor) -> "LinearHead":
+        """Copy weight (K, D) and bias (K,) in (a linear probe's); MedsslError when the shapes differ."""
+        w, b = torch.as_tensor(np.asarray(weight)), torch.as_tensor(np.asarray(bias))
+        if tuple(w.shape) != tuple(self.linear.weight.shape) or tuple(b.shape) != tuple(self.linear.bias.shape):
+            raise MedsslError(f"head weights {tuple(w.shape)} / {tuple(b.shape)} do not fit the head "
+                              f"{tuple(self.linear.weight.shape)}")
+        self.linear.weight.copy_(w.to(self.linear.weight.dtype))
+        self.linear.bias.copy_(b.to(self.linear.bias.dtype))
+        return self

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medssl.data.records import Record, write_manifest
+from medssl.data.records import LABEL_SEP, Record, write_manifest
 from medssl.synthetic.render import Patient, _Geometry, film_density
 from medssl.synthetic.reports import FINDINGS, NO_FINDING, make_report
 from medssl.errors import MedsslError
@@ -197,7 +197,10 @@ def _prepare_folder(out: Path) -> None:
 def write_synthetic(out_dir: str | os.PathLike, n_patients: int, size: int = 64, seed: int = 0, *,
                     progress: bool = True) -> Path:
     """Write images/<study>_<view>.png (8-bit grey), masks/<same>.png (bit k = FINDINGS[k]) and manifest.csv;
-    return the manifest path. Refuses a non-empty folder that is not an earlier synthetic output."""
+    return the manifest path. Refuses a non-empty folder that is not an earlier synthetic output.
+
+    Every row declares its mask encoding (columns mask_encoding=bits, mask_classes=FINDINGS joined by '|').
+    """
     from PIL import Image
 
     _check_args(n_patients, size, seed)
@@ -209,11 +212,12 @@ def write_synthetic(out_dir: str | os.PathLike, n_patients: int, size: int = 64,
     (out / "images").mkdir(exist_ok=True)
     (out / "masks").mkdir(exist_ok=True)
     records = []
+    declared = {"mask_encoding": "bits", "mask_classes": LABEL_SEP.join(FINDINGS)}  # see medssl.data.masks
     for i in range(len(data)):
         name = f"{data.study_id[i]}_{data.view[i]}.png"
         Image.fromarray(np.round(data.images[i] * 255).astype(np.uint8)).save(out / "images" / name)
         Image.fromarray(data.masks[i]).save(out / "masks" / name)
         records.append(Record(path=str(out / "images" / name), patient_id=data.patient_id[i],
                               study_id=data.study_id[i], view=data.view[i], labels=data.labels[i],
-                              report=data.report[i], mask=str(out / "masks" / name)))
+                              report=data.report[i], mask=str(out / "masks" / name), extra=dict(declared)))
     return write_manifest(records, out / "manifest.csv")

@@ -1,12 +1,13 @@
 """What is being predicted: binary, multi-class or multi-label, from the records' labels.
 
-Targets and scores have one shape per kind, used by every protocol, metric and plot:
+Targets and scores have one shape per kind, used by every protocol, metric and plot. Logits and scores are
+ALWAYS 2-D, (N, K) with K = task.n_outputs: no function returns a different rank for a different kind.
 
-| kind       | targets y            | scores                                             |
-|------------|----------------------|----------------------------------------------------|
-| binary     | (N,) int in {0, 1}   | (N,) probability of the positive class             |
-| multiclass | (N,) int in [0, C)   | (N, C) class probabilities (rows sum to 1)         |
-| multilabel | (N, C) int in {0, 1} | (N, C) independent probabilities (one sigmoid each) |
+| kind       | targets y            | logits and scores (N, K)                                      |
+|------------|----------------------|---------------------------------------------------------------|
+| binary     | (N,) int in {0, 1}   | (N, 1): probability of the positive class, classes[1]         |
+| multiclass | (N,) int in [0, C)   | (N, C): class probabilities (softmax, rows sum to 1)          |
+| multilabel | (N, C) int in {0, 1} | (N, C): independent probabilities (one sigmoid each)          |
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from medssl.data.records import Record, label_names
 from medssl.errors import MedsslError
@@ -33,8 +35,24 @@ class Task:
 
     @property
     def n_outputs(self) -> int:
-        """Logits a classifier head needs: 1 for binary, C otherwise."""
+        """Logits a classifier head needs, and the width K of every scores array: 1 for binary, C otherwise."""
         return 1 if self.kind == "binary" else len(self.classes)
+
+    def to_dict(self) -> dict[str, object]:
+        """Plain data (stored in classifier bundles)."""
+        return {"kind": self.kind, "classes": list(self.classes), "none_label": self.none_label}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> "Task":
+        """The task of to_dict's output; MedsslError for anything else."""
+        try:
+            task = cls(str(data["kind"]), tuple(str(c) for c in data["classes"]),  # type: ignore[union-attr]
+                       None if data.get("none_label") is None else str(data["none_label"]))
+        except (KeyError, TypeError):
+            raise MedsslError(f"not a task description: {data!r}") from None
+        if task.kind not in KINDS or not task.classes:
+            raise MedsslError(f"not a task description: {data!r}")
+        return task
 
 
 def make_task(records: Sequence[Record], kind: str | None = None) -> Task:
@@ -62,6 +80,14 @@ def make_task(records: Sequence[Record], kind: str | None = None) -> Task:
         neg = next((n for n in names if n.lower() in NEGATIVE_NAMES), names[0])
         return Task(kind, (neg, next(n for n in names if n != neg)))
     return Task(kind, tuple(names))
+
+
+def task_probabilities(logits: np.ndarray, task: Task) -> np.ndarray:
+    """Logits (N, K) -> probabilities (N, K), K = task.n_outputs: softmax (multiclass), one sigmoid per column."""
+    z = torch.as_tensor(np.asarray(logits, dtype=np.float64))
+    if z.ndim != 2 or z.shape[1] != task.n_outputs:
+        raise MedsslError(f"logits of shape {tuple(z.shape)} for a {task.kind} task with {task.n_outputs} outputs")
+    return (torch.softmax(z, dim=1) if task.kind == "multiclass" else torch.sigmoid(z)).numpy()
 
 
 def targets(records: Sequence[Record], task: Task) -> np.ndarray:

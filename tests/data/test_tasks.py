@@ -5,7 +5,7 @@ import pytest
 
 from medssl.data.records import Record
 from medssl.errors import MedsslError
-from medssl.evaluate.tasks import make_task, targets
+from medssl.data.tasks import make_task, targets
 
 
 def _recs(*labels):
@@ -26,8 +26,8 @@ def test_multiclass_and_multilabel():
     assert task.kind == "multiclass" and task.classes == ("0", "1", "2", "10") and task.n_outputs == 4
     recs = _recs(["nodule", "pleural_effusion"], ["no_finding"], ["nodule"])
     task = make_task(recs)
-    assert task.kind == "multilabel" and task.classes == ("nodule", "pleural_effusion")
-    np.testing.assert_array_equal(targets(recs, task), [[1, 1], [0, 0], [1, 0]])
+    assert task.kind == "multilabel" and task.classes == ("nodule", "pleural_effusion") and task.n_outputs == 2
+    np.testing.assert_array_equal(targets(recs, task), [[1, 1], [0, 0], [1, 0]])  # (N, C); scores are (N, K) too
 
 
 def test_errors_name_the_problem():
