@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 import numpy as np
@@ -10,11 +11,13 @@ import torch
 from torch import nn
 
 from medssl import checkpoint
-from medssl.checkpoint import (atomic_save, export, load_checkpoint, load_weights, rng_state, save_checkpoint,
-                               set_rng_state)
-from medssl.config import load_config, to_dict
+from medssl.checkpoint import atomic_save, load_checkpoint, load_weights, rng_state, save_checkpoint, set_rng_state
+from medssl.config import load_config
 from medssl.errors import MedsslError
-from medssl.pretrain import build_model
+from medssl.export import export
+from medssl.inference import load_bundle
+from medssl.methods import build_model
+from medssl.pretrain import run_spec
 
 
 def test_atomic_save_leaves_the_old_file_when_the_write_fails(tmp_path, monkeypatch):
@@ -69,13 +72,13 @@ def test_load_weights_is_tolerant_and_reports():
 
 @pytest.fixture(scope="module")
 def simclr_ckpt(tmp_path_factory):
-    """A pretraining checkpoint of a tiny SimCLR (not trained: export only needs weights and config)."""
+    """A pretraining checkpoint of a tiny SimCLR (not trained: export only needs weights, spec and preprocess)."""
     cfg = load_config(None, ["data.size=16", "data.batch_size=8", "model.stem=cifar", "train.epochs=1"])
-    model = build_model(cfg)
+    model = build_model(cfg.model_spec())
     for p in model.parameters():
         p.data.add_(0.01 * torch.randn_like(p))
     path = tmp_path_factory.mktemp("ckpt") / "last.pt"
-    save_checkpoint(path, model=model, config=to_dict(cfg), step=3)
+    save_checkpoint(path, model=model, step=3, extra=run_spec(cfg, "test images").record)  # what pretraining records
     return path, model.backbone.eval()
 
 
@@ -95,7 +98,7 @@ def test_export_safetensors_holds_the_backbone_alone(simclr_ckpt, tmp_path):
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    from medssl.models.backbones import create_backbone
+    from medssl.models.factory import ModelSpec, build_backbone
 
     path, backbone = simclr_ckpt
     out = export(path, "safetensors", tmp_path / "backbone.safetensors")
@@ -103,8 +106,10 @@ def test_export_safetensors_holds_the_backbone_alone(simclr_ckpt, tmp_path):
     assert set(state) == set(backbone.state_dict())               # no projection head
     with safe_open(str(out), "pt") as f:
         meta = f.metadata()
-    rebuilt, _ = create_backbone(meta["backbone"], int(meta["in_channels"]), int(meta["image_size"]),
-                                 stem=meta["stem"] or None)
+    spec = ModelSpec.from_dict(json.loads(meta["spec"]))         # enough to rebuild the module
+    assert (spec.backbone, spec.stem, spec.in_channels, spec.image_size) == ("resnet18", "cifar", 1, 16)
+    assert spec.method is None and json.loads(meta["preprocess"]) == {"size": 16, "channels": 1}
+    rebuilt = build_backbone(spec)
     rebuilt.load_state_dict(state)
     with torch.no_grad():
         assert torch.allclose(rebuilt.eval()(_x()), backbone(_x()), atol=1e-6)
@@ -125,6 +130,17 @@ def test_export_onnx_gives_the_same_features(simclr_ckpt, tmp_path):
 def test_export_refuses_unknown_format_and_foreign_checkpoints(simclr_ckpt, tmp_path):
     with pytest.raises(MedsslError, match="export format 'pickle'"):
         export(simclr_ckpt[0], "pickle", tmp_path / "x")
-    save_checkpoint(tmp_path / "other.pt", model=nn.Linear(2, 2), config={"method": "nope"})
-    with pytest.raises(MedsslError, match="its config is not a pretraining config"):
+    save_checkpoint(tmp_path / "other.pt", model=nn.Linear(2, 2), extra={"config": {"method": "nope"}})
+    with pytest.raises(MedsslError, match=r"other\.pt: holds no model spec and preprocess"):
         export(tmp_path / "other.pt", "torchscript", tmp_path / "x.pt")
+
+
+def test_a_pretraining_checkpoint_loads_as_a_backbone_bundle(simclr_ckpt):
+    path, backbone = simclr_ckpt
+    ckpt = load_checkpoint(path)
+    assert set(ckpt) >= {"config", "spec", "preprocess", "trained_on"} and ckpt["config"]["method"] == "simclr"
+    bundle = load_bundle(path)                                  # the backbone, built from the stored spec alone
+    assert not bundle.is_classifier and bundle.spec.method == "simclr" and bundle.preprocess.size == 16
+    assert bundle.meta["step"] == 3 and not bundle.model.training
+    with torch.no_grad():
+        assert torch.equal(bundle.model(_x()), backbone(_x()))

@@ -8,6 +8,7 @@ import pytest
 
 from medssl.config import PretrainConfig, load_config, parse_override, save_config
 from medssl.errors import MedsslError
+from medssl.methods.simclr import SimCLROptions
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 METHOD_FILES = ["simclr", "micle", "moco", "byol", "mae"]
@@ -22,10 +23,11 @@ def test_shipped_configs_load_and_round_trip(name, tmp_path):
 
 
 def test_defaults_round_trip_with_overrides(tmp_path):
-    cfg = load_config(None, ["optim.lr=0.5", "model.kwargs.temperature=0.2", "data.augment_overrides.crop_scale=[0.5, 1]",
-                             "train.steps=7", "train.epochs=null", "data.source=null"])
+    cfg = load_config(None, ["optim.lr=0.5", "model.options.temperature=0.2",
+                             "data.augment_overrides.crop_scale=[0.5, 1]", "train.steps=7", "train.epochs=null",
+                             "data.source=null"])
     assert cfg.optim.lr == 0.5 and isinstance(cfg.optim.lr, float)
-    assert cfg.model.kwargs == {"temperature": 0.2}
+    assert cfg.model.options == SimCLROptions(temperature=0.2)  # parsed into the method's typed options
     assert cfg.train.steps == 7 and cfg.train.epochs is None
     assert load_config(save_config(cfg, tmp_path / "c.yaml")) == cfg
 
@@ -51,7 +53,9 @@ def test_int_is_accepted_for_a_float_field_but_not_the_reverse():
 @pytest.mark.parametrize("override, match", [
     ("optim.lrr=0.1", r"unknown key optim\.lrr; did you mean 'lr'"),
     ("trian.steps=3", r"unknown key trian; did you mean 'train'"),
-    ("model.kwargs.temprature=0.1", r"model\.kwargs\.temprature .*did you mean 'temperature'"),
+    ("model.options.temprature=0.1", r"unknown key model\.options\.temprature; did you mean 'temperature'\?"),
+    ("model.options.temperature=0", r"model\.options\.temperature=0\.0 must be positive"),
+    ("model.options=3", r"model\.options=3 must be a mapping"),
     ("optim.lr=-0.1", r"optim\.lr=-0\.1 must be positive"),
     ("train.precision=64", r"train\.precision='64' must be one of 32-true, bf16-mixed, 16-mixed"),
     ("data.batch_size=1", r"data\.batch_size=1 is too small"),

@@ -17,12 +17,12 @@ from medssl.optim import lr_factor
 TINY = ["data.size=16", "data.batch_size=8", "data.synthetic_patients=4", "data.num_workers=0", "model.stem=small",
         "train.epochs=null", "train.steps=3", "train.log_every=1", "train.checkpoint_every=2"]
 METHOD_OPTIONS = {
-    "simclr": ["model.kwargs.hidden_dim=32"],
-    "micle": ["model.kwargs.hidden_dim=32", "data.pair_by=study"],
-    "moco": ["model.kwargs.hidden_dim=32", "model.kwargs.queue_size=64"],
-    "byol": ["model.kwargs.hidden_dim=32", "model.kwargs.proj_dim=16"],
-    "mae": ["model.backbone=vit_tiny", "model.stem=null", "model.depth=1", "model.kwargs.decoder_depth=1",
-            "model.kwargs.decoder_dim=32"],
+    "simclr": ["model.options.hidden_dim=32"],
+    "micle": ["model.options.hidden_dim=32", "data.pair_by=study"],
+    "moco": ["model.options.hidden_dim=32", "model.options.queue_size=64"],
+    "byol": ["model.options.hidden_dim=32", "model.options.proj_dim=16"],
+    "mae": ["model.backbone=vit_tiny", "model.stem=null", "model.depth=1", "model.options.decoder_depth=1",
+            "model.options.decoder_dim=32"],
 }
 
 

@@ -224,9 +224,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the pipeline on built-in synthetic data and write a run report."""
-    from medssl.pipeline import run_demo
+    import dataclasses
+    import time
 
-    run_demo(Path(args.out), patients=args.patients, size=args.size, seed=args.seed, progress=not args.quiet)
+    from medssl.pipeline import DemoSettings, run_demo
+
+    given = {k: getattr(args, k) for k in ("patients", "size", "seed", "pretrain_steps", "finetune_steps", "seeds")
+             if getattr(args, k) is not None}
+    t0 = time.perf_counter()
+    metrics = run_demo(Path(args.out), dataclasses.replace(DemoSettings(), **given), progress=not args.quiet)
+    print(metrics["verdict"]["text"])
+    print(f"medssl demo finished in {time.perf_counter() - t0:.0f} s -> {Path(args.out) / 'report.html'}")
     return 0
 
 
@@ -238,9 +246,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="run the pipeline on built-in synthetic data, write an HTML run report")
     demo.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
-    demo.add_argument("--patients", type=int, default=120)
-    demo.add_argument("--size", type=int, default=64)
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--patients", type=int, help="synthetic patients (default 200)")
+    demo.add_argument("--size", type=int, help="image side in pixels (default 32)")
+    demo.add_argument("--seed", type=int, help="data and training seed (default 0)")
+    demo.add_argument("--pretrain-steps", type=int, help="steps of each pretraining")
+    demo.add_argument("--finetune-steps", type=int, help="steps of each fine-tuning run")
+    demo.add_argument("--seeds", type=int, help="seeds of the label fractions (default 3)")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=cmd_demo)
 

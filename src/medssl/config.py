@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from medssl.errors import MedsslError
-from medssl.methods import method
+from medssl.methods import METHODS, method
 from medssl.models.factory import ModelSpec
 from medssl.optim import OptimConfig
 from medssl.schema import bad, check_choice, check_positive, from_mapping, plain
@@ -79,6 +79,7 @@ class PretrainConfig:
 def from_dict(data: dict[str, Any]) -> PretrainConfig:
     """A validated PretrainConfig from a plain mapping (as read from YAML); model.options asks the method."""
     cfg = from_mapping(PretrainConfig, data, "")
+    check_choice("method", cfg.method, tuple(METHODS))  # a config error naming the key, as every other value's
     options_type = method(cfg.method).Options
     options = cfg.model.options
     if options is not None and not isinstance(options, dict):

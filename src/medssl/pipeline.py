@@ -1,85 +1,157 @@
-"""The SSCMIRG run on built-in synthetic data (`medssl demo`).
+"""`medssl demo`: the SSCMIRG run on the built-in synthetic chest radiographs, in stages that skip when done.
 
-Stages so far: synthesise -> index (decode every image) -> patient-level split and nested label fractions ->
-summarise, with a JSON summary, plots and an HTML run report. Pretraining, evaluation, image-text alignment and
-report generation join this run as they land.
+synthesise + split -> SimCLR and MICLe pretraining -> linear probe and LP-FT fine-tuning at 1 / 10 / 100 % of the
+labels against a scratch baseline, over seeds -> `predict` with the kept classifier on test images -> one
+report.html. Every stage writes into the run folder and is skipped when its outputs exist there, so a killed demo
+goes on where it stopped (a killed pretraining resumes from its last checkpoint). Image-text alignment and
+report generation join this same run as they land.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from medssl import __version__, html
-from medssl.data import plots
-from medssl.data.records import read_manifest, write_manifest
-from medssl.data.sources import check_images
-from medssl.data.splits import assign_splits, by_split, label_fraction
-from medssl.data.summary import format_summary, summarize
-from medssl.synthetic import write_synthetic
 from medssl.errors import MedsslError
 
-LABEL_FRACTIONS = (0.01, 0.1, 1.0)
+METHODS = ("simclr", "micle")  # the demo's pretraining arms (names of medssl.methods.METHODS)
+DONE = "stages.json"
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """Sizes of the demo, chosen so that it finishes in minutes on a 2-core CPU and still shows the effect."""
+
+    patients: int = 200
+    size: int = 32
+    seed: int = 0
+    pretrain_steps: int = 150
+    pretrain_batch: int = 64
+    stem: str = "cifar"
+    finetune_steps: int = 60
+    fractions: tuple[float, ...] = (0.01, 0.1, 1.0)
+    seeds: int = 3
+    n_boot: int = 200
+    predict_images: int = 6
+
+    def validate(self) -> "DemoSettings":
+        """Raise MedsslError naming a bad value."""
+        for name in ("patients", "size", "pretrain_steps", "pretrain_batch", "finetune_steps", "seeds", "n_boot"):
+            if getattr(self, name) < 1:
+                raise MedsslError(f"demo: {name}={getattr(self, name)} must be positive")
+        if self.patients < 20:
+            raise MedsslError(f"demo: patients={self.patients} is too few for 1 % labels and three splits (20+)")
+        return self
 
 
 def _say(msg: str) -> None:
     print(f"[demo] {msg}", flush=True)
 
 
-def _fractions_table(train: list, seed: int) -> list[dict]:
-    """Nested label fractions of the training split, checked: each smaller draw lies inside the larger one."""
-    rows, previous = [], set()
-    for frac in LABEL_FRACTIONS:
-        chosen = label_fraction(train, frac, seed)
-        keys = {r.key for r in chosen}
-        if not previous <= keys:
-            raise AssertionError(f"label fraction {frac} does not contain the smaller one")  # a bug, not bad input
-        previous = keys
-        rows.append({"fraction": frac, "images": len(chosen), "patients": len({r.patient_id for r in chosen}),
-                     "classes present": len({n for r in chosen for n in r.labels})})
-    return rows
+class Demo:
+    """The stages of one demo run folder; `stages.json` records each finished stage and its seconds."""
+
+    def __init__(self, out: Path, settings: DemoSettings, progress: bool):
+        self.out, self.s, self.progress = Path(out), settings, progress
+        self.manifest = self.out / "data" / "manifest.csv"
+        path = self.out / DONE
+        self.done: dict[str, float] = json.loads(path.read_text()) if path.is_file() else {}
+
+    def stage(self, name: str, work: Callable[[], None]) -> None:
+        """Run a stage unless it finished before; record it when it finishes."""
+        if name in self.done:
+            _say(f"{name}: done in an earlier run ({self.done[name]:.0f} s), skipped")
+            return
+        t0 = time.perf_counter()
+        work()
+        self.done[name] = round(time.perf_counter() - t0, 1)
+        (self.out / DONE).write_text(json.dumps(self.done, indent=2))
+        _say(f"{name}: {self.done[name]:.0f} s")
+
+    def data(self) -> None:
+        """The built-in synthetic set with patient-level splits; sample montage and label balance."""
+        from medssl.data import plots
+        from medssl.data.records import read_manifest
+        from medssl.data.summary import format_summary, summarize
+        from medssl.synthetic.builtin import builtin_source
+
+        builtin_source(self.manifest.parent, size=self.s.size, patients=self.s.patients, seed=self.s.seed,
+                       progress=self.progress)
+        records = read_manifest(self.manifest)
+        summary = summarize(records, progress=False)
+        print(format_summary(summary, "synthetic chest radiographs"))
+        (self.out / "plots").mkdir(parents=True, exist_ok=True)
+        plots.montage(records, self.out / "plots" / "samples.png", n=16)
+        plots.label_balance(summary, self.out / "plots" / "label_balance.png")
+        (self.out / "data_summary.json").write_text(json.dumps(summary, indent=2, default=str))
+
+    def pretrain(self, method: str) -> None:
+        """Self-supervised pretraining on the train split (resumed when a killed run left a checkpoint)."""
+        from medssl.checkpoint import last_checkpoint
+        from medssl.config import load_config
+        from medssl.pretrain import run_pretrain
+
+        s, run = self.s, self.out / "pretrain" / method
+        cfg = load_config(None, [f"method={method}", f"data.source={self.manifest}", f"data.size={s.size}",
+                                 f"data.batch_size={s.pretrain_batch}", "data.num_workers=1",
+                                 f"model.stem={s.stem}", f"train.steps={s.pretrain_steps}", "train.log_every=5",
+                                 "train.checkpoint_every=50", "train.channels_last=true", "optim.warmup_steps=10",
+                                 "optim.grad_clip=5.0", f"train.seed={s.seed}", "model.options.proj_dim=64"])
+        run_pretrain(cfg, run, resume=last_checkpoint(run).is_file(), progress=self.progress)
+
+    def evaluate(self, method: str, baseline: bool) -> None:
+        """Linear probe and LP-FT fine-tuning (and, once, the scratch baseline) at every fraction and seed."""
+        from medssl.evaluate.run import EvalOptions, run_evaluate
+
+        s = self.s
+        run_evaluate(EvalOptions(checkpoint=str(self.out / "pretrain" / method), data=str(self.manifest),
+                                 out=self.out / "evaluate" / method, protocols=("linear", "finetune"),
+                                 fractions=s.fractions, seeds=s.seeds, baseline="scratch" if baseline else None,
+                                 finetune_steps=s.finetune_steps, finetune_batch=32, n_boot=s.n_boot,
+                                 progress=self.progress))
+
+    def predict(self) -> None:
+        """The kept fine-tuned classifier on a few test images: what `medssl predict` prints."""
+        from medssl.data.records import read_manifest
+        from medssl.inference import load_bundle, predict
+
+        test = [r for r in read_manifest(self.manifest) if r.split == "test"][: self.s.predict_images]
+        bundle = load_bundle(self.out / "evaluate" / METHODS[0] / "bundles" / "finetune.pt")
+        rows = [{**r, "truth": sorted(rec.labels)} for r, rec in zip(predict(bundle, test), test)]
+        (self.out / "predictions.json").write_text(json.dumps(rows, indent=2))
 
 
-def run_demo(out: Path, patients: int = 120, size: int = 64, seed: int = 0, progress: bool = True) -> dict:
-    """Run the data stages into `out` and write metrics.json, plots and report.html there."""
+def run_demo(out: Path, settings: DemoSettings | None = None, progress: bool = True) -> dict[str, Any]:
+    """Run (or finish) the demo in `out`; write metrics.json and report.html there; return the metrics."""
+    s = (settings or DemoSettings()).validate()
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not (out / "metrics.json").is_file():
-        raise MedsslError(f"{out}: folder exists, is not empty and is not an earlier demo run; choose another --out")
-    data_dir = out / "data"
-    if data_dir.exists():
-        shutil.rmtree(data_dir)  # an earlier demo's data: regenerate so the run matches its seed and size
+    marker = out / "demo.json"
+    if out.exists() and any(out.iterdir()) and not marker.is_file():
+        raise MedsslError(f"{out}: folder exists, is not empty and is not a demo run; choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    if marker.is_file() and json.loads(marker.read_text()) != _plain(s):
+        raise MedsslError(f"{out}: holds a demo run with other settings; choose another --out or delete it")
+    marker.write_text(json.dumps(_plain(s), indent=2))
     t0 = time.perf_counter()
-    manifest = write_synthetic(data_dir, patients, size, seed, progress=progress)
-    _say(f"synthesised {patients} patients of chest radiographs ({size} px) with masks and reports -> {manifest}")
-    records, _ = check_images(read_manifest(manifest), skip_bad=False, progress=progress)
-    _say(f"indexed and decoded {len(records)} images")
-    records = assign_splits(records, (0.7, 0.1, 0.2), seed)
-    parts = by_split(records)
-    write_manifest(records, out / "manifest.csv")
-    _say("patient-level split (stratified, no patient in two splits): "
-         + ", ".join(f"{k} {len(v)}" for k, v in parts.items() if v) + f" -> {out / 'manifest.csv'}")
-    fractions = _fractions_table(parts["train"], seed)
-    _say("nested label fractions of train: " + ", ".join(f"{r['fraction']:g} -> {r['images']} images" for r in fractions))
-    summary = summarize(records, progress=False)
-    print(format_summary(summary, "synthetic chest radiographs"))
-    plot_dir = out / "plots"
-    plot_dir.mkdir(exist_ok=True)
-    montage = plots.montage(records, plot_dir / "samples.png", n=16)
-    balance = plots.label_balance(summary, plot_dir / "label_balance.png")
-    metrics = {"version": __version__, "seed": seed, "size": size, "data": summary, "label_fractions": fractions,
-               "seconds": round(time.perf_counter() - t0, 2)}
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    report = html.write_report(out / "report.html", "medssl demo: synthetic chest radiographs", [
-        ("What ran", html.paragraph(
-            f"Synthesised {patients} patients ({len(records)} images, {size} px, seed {seed}), decoded every image, "
-            "split by patient (70/10/20, stratified on the rarest finding) and drew nested label fractions. "
-            "The data are synthetic phantoms, not real patients.")),
-        ("Samples (red: finding masks)", html.image(montage, "samples")),
-        ("Label balance", html.image(balance, "label balance")),
-        ("Label fractions of the training split", html.table(fractions)),
-        ("Summary", html.preformatted(format_summary(summary, "synthetic chest radiographs"))),
-    ])
-    _say(f"wrote {out / 'metrics.json'}, {plot_dir}/ and {report} in {metrics['seconds']} s")
+    demo = Demo(out, s, progress)
+    demo.stage("data", demo.data)
+    for m in METHODS:
+        demo.stage(f"pretrain_{m}", lambda m=m: demo.pretrain(m))
+    for i, m in enumerate(METHODS):
+        demo.stage(f"evaluate_{m}", lambda m=m, i=i: demo.evaluate(m, baseline=i == 0))
+    demo.stage("predict", demo.predict)
+    from medssl.pipeline_html import write_demo_report
+
+    metrics = write_demo_report(out, s, demo.done, time.perf_counter() - t0)
+    _say(f"wrote {out / 'report.html'} and {out / 'metrics.json'}; stages took {sum(demo.done.values()):.0f} s "
+         f"in all ({metrics['seconds_this_run']:.0f} s in this run)")
     return metrics
+
+
+def _plain(s: DemoSettings) -> dict[str, Any]:
+    return json.loads(json.dumps(asdict(s)))

@@ -34,6 +34,7 @@ from tqdm import tqdm
 from medssl.checkpoint import (BEST, atomic_save, drop_checkpoints, last_checkpoint, load_checkpoint, load_weights,
                                rng_state, save_checkpoint, set_rng_state)
 from medssl.errors import MedsslError
+from medssl.models.sync_batchnorm import convert_sync_batchnorm
 from medssl.models.trainable import Trainable
 from medssl.optim import OptimConfig, lr_factor, make_optimizer
 from medssl.runlog import RunLog
@@ -248,6 +249,10 @@ class _Run:
             report = load_weights(self.raw, load_checkpoint(init)["model"])
             self.fabric.print(f"init from {init}: loaded {len(report['loaded'])} tensors; new (not in the checkpoint): "
                               f"{_short(report['missing'])}; ignored: {_short(report['unexpected'] + report['mismatched'])}")
+        if self.train.sync_bn and self.fabric.world_size > 1:
+            # in place, before DDP wraps the model; parameters keep their identity (the optimiser holds them) and
+            # momentum copies (MoCo's key encoder, BYOL's target) are converted alike; state-dict keys unchanged
+            convert_sync_batchnorm(self.raw, self.fabric.device)
         if self.train.channels_last:
             self.raw.to(memory_format=torch.channels_last)
         self.model, self.optimizer = self.fabric.setup(self.raw, self.optimizer)

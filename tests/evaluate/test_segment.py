@@ -278,12 +278,12 @@ def _disc_manifest(root: Path, n: int = 20) -> Path:
 
 def test_evaluate_segment_on_a_folder_of_binary_masks(cli, tmp_path):
     manifest, run = _disc_manifest(tmp_path), tmp_path / "pre"
-    code, _, err = cli("pretrain", "--config", SIMCLR, "--out", run, "--set", "train.steps=2", "--set",
+    code, _, err = cli("pretrain", "--config", SIMCLR, "--out", run, "--set", "train.steps=1", "--set",
                        "data.synthetic_patients=6", "--set", "data.size=16", "--set", "data.batch_size=8",
                        "--set", "data.num_workers=0", "--quiet")
     assert code == 0, err
     common = ["--checkpoint", run, "--data", manifest, "--protocol", "segment", "--fractions", "1", "--seeds", 1,
-              "--finetune-steps", 3, "--n-boot", 10, "--quiet"]
+              "--finetune-steps", 2, "--n-boot", 10, "--quiet"]
     code, _, err = cli("evaluate", *common, "--out", tmp_path / "ev")
     assert code == 0, err
     res = json.loads((tmp_path / "ev" / "metrics.json").read_text())

@@ -6,21 +6,32 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from medssl.data.datasets import BatchSpec
 from medssl.errors import MedsslError
-from medssl.methods import BATCH_KEYS, METHODS, build_method
+from medssl.methods import METHODS, build_model
 from medssl.methods.byol import BYOL, cosine_momentum
 from medssl.methods.mae import MAE, patchify, random_masking, unpatchify
-from medssl.methods.moco import MoCo
+from medssl.methods.moco import MoCo, MoCoOptions
+from medssl.methods.simclr import SimCLROptions
 from medssl.models.backbones import create_backbone
+from medssl.models.factory import ModelSpec
+from medssl.models.trainable import Trainable
+from medssl.schema import from_mapping
 
 SIZE, BATCH = 16, 16
 SMALL = {"simclr": {}, "micle": {}, "moco": {"queue_size": 32}, "byol": {"hidden_dim": 64, "proj_dim": 32}, "mae": {}}
 
 
-def tiny(name: str, backbone: str = "vit_tiny", **kwargs) -> torch.nn.Module:
+def tiny(name: str, backbone: str = "vit_tiny", **options) -> torch.nn.Module:
     """The method on a 2-block ViT (or a ResNet with its small-image stem) for 16 px images."""
-    options = {"depth": 2} if backbone.startswith("vit") else None
-    return build_method(name, backbone, 1, SIZE, backbone_options=options, **{**SMALL[name], **kwargs})
+    depth = 2 if backbone.startswith("vit") else None
+    return build_model(ModelSpec(backbone=backbone, depth=depth, in_channels=1, image_size=SIZE, method=name,
+                                 options=METHODS[name].Options(**{**SMALL[name], **options})))
+
+
+def views(name: str) -> tuple[str, ...]:
+    """The batch keys that a method declares (its BatchSpec's views)."""
+    return METHODS[name].batch.views
 
 
 def smooth_images(n: int, g: torch.Generator) -> torch.Tensor:
@@ -36,8 +47,8 @@ def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 
 
 def make_batch(name: str, images: torch.Tensor, g: torch.Generator) -> dict[str, torch.Tensor]:
-    """The batch a method asks for (BATCH_KEYS), every key an independent view of the images."""
-    return {key: augment(images, g) for key in BATCH_KEYS[name]}
+    """The batch a method asks for (its declared views), every key an independent view of the images."""
+    return {key: augment(images, g) for key in views(name)}
 
 
 @pytest.mark.parametrize("name", list(METHODS))
@@ -58,8 +69,7 @@ def test_short_optimisation_lowers_the_loss(name):
         opt.zero_grad()
         out["loss"].backward()
         opt.step()
-        if (on_step := getattr(model, "on_step", None)) is not None:
-            on_step(step + 1, 1000)                             # the first 30 steps of a longer run
+        model.on_step(step + 1, 1000)                           # the first 30 steps of a longer run
         losses.append(out["loss"].item())
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3, losses
 
@@ -70,7 +80,7 @@ def test_forward_gives_a_finite_differentiable_loss_and_a_backbone_for_evaluatio
     backbone = "vit_tiny" if name == "mae" else "resnet18"
     model = tiny(name, backbone)
     images = smooth_images(4, torch.Generator().manual_seed(1))
-    out = model({key: images + 0.01 * torch.randn_like(images) for key in BATCH_KEYS[name]})
+    out = model({key: images + 0.01 * torch.randn_like(images) for key in views(name)})
     assert out["loss"].requires_grad and torch.isfinite(out["loss"])
     assert all(v.dim() == 0 and not v.requires_grad for k, v in out.items() if k != "loss")
     out["loss"].backward()
@@ -207,21 +217,28 @@ def test_patchify_order_and_round_trip():
 
 
 def test_mae_needs_a_vit():
-    backbone, dim = create_backbone("resnet18", image_size=SIZE)
+    backbone, _ = create_backbone("resnet18", image_size=SIZE)
     with pytest.raises(MedsslError, match="ViT"):
-        MAE(backbone, dim)
+        MAE(backbone)
 
 
-def test_build_method_names_bad_values():
+def test_build_model_names_bad_values():
     with pytest.raises(MedsslError, match=r"'simclr2'.*simclr, micle, moco, byol, mae"):
-        build_method("simclr2", "resnet18", 1, SIZE)
-    with pytest.raises(MedsslError, match="temprature"):
-        build_method("simclr", "resnet18", 1, SIZE, temprature=0.2)
-    assert set(BATCH_KEYS) == set(METHODS)
+        build_model(ModelSpec("resnet18", in_channels=1, image_size=SIZE, method="simclr2"))
+    with pytest.raises(MedsslError, match=r"unknown key model\.options\.temprature; did you mean 'temperature'"):
+        from_mapping(SimCLROptions, {"temprature": 0.2}, "model.options.")
+    with pytest.raises(MedsslError, match="not SimCLROptions"):   # another method's options
+        build_model(ModelSpec("resnet18", image_size=SIZE, method="simclr", options=MoCoOptions()))
+    with pytest.raises(MedsslError, match="model.options.temperature"):   # Options.validate() runs on building
+        build_model(ModelSpec("resnet18", image_size=SIZE, method="simclr", options=SimCLROptions(temperature=0)))
+    for cls in METHODS.values():                                # every method declares its batch and options
+        assert isinstance(cls.batch, BatchSpec) and issubclass(cls, Trainable)
+        cls.Options().validate()
 
 
-def test_build_method_passes_backbone_options_and_method_options():
-    model = build_method("simclr", "resnet18", 3, 32, backbone_options={"stem": "imagenet"}, temperature=0.5)
+def test_build_model_passes_backbone_options_and_method_options():
+    model = build_model(ModelSpec("resnet18", stem="imagenet", in_channels=3, image_size=32, method="simclr",
+                                  options=SimCLROptions(temperature=0.5)))
     assert model.backbone.stem == "imagenet" and model.temperature == 0.5
     assert model.backbone.conv1.in_channels == 3
     assert math.isclose(tiny("moco", temperature=0.3).temperature, 0.3)

@@ -5,7 +5,7 @@ import torch
 
 from medssl.errors import MedsslError
 from medssl.models.backbones import create_backbone, sincos_pos_embed_2d
-from medssl.models.heads import LinearClassifier, PredictionHead, ProjectionHead
+from medssl.models.heads import LinearHead, PredictionHead, ProjectionHead
 
 
 @pytest.mark.parametrize("name, dim", [("resnet18", 512), ("resnet34", 512), ("resnet50", 2048)])
@@ -108,4 +108,5 @@ def test_heads_shapes_and_layers():
     assert len(ProjectionHead(16, 32, 8, num_layers=1)) == 1
     assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in ProjectionHead(16, 32, 8, batch_norm=False))
     assert PredictionHead(8, 16, 8)(torch.rand(4, 8)).shape == (4, 8)
-    assert LinearClassifier(16, 3, batch_norm=True)(torch.rand(4, 16)).shape == (4, 3)
+    assert LinearHead(16, 3, batch_norm=True)(torch.rand(4, 16)).shape == (4, 3)
+    assert LinearHead(16, 1)(torch.rand(4, 16)).shape == (4, 1)       # always 2-D, a binary head too

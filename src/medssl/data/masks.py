@@ -16,6 +16,7 @@ named "foreground").
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,14 +83,22 @@ def _png_values(path: Path) -> np.ndarray:
     return values
 
 
+@functools.lru_cache(maxsize=4)
+def _nifti_volume(resolved: str, mtime_ns: int, size: int) -> np.ndarray:
+    """(X, Y, Z) first volume of a NIfTI file as stored (scl_slope applied if set), cached: read once, not per slice."""
+    img = nib.load(resolved)
+    shape = tuple(img.shape) + (1,) * max(0, 3 - len(img.shape))
+    rest = (0,) * max(0, len(img.shape) - 3)                    # 4D and higher: the first volume
+    return np.asarray(img.dataobj[(...,) + rest] if rest else img.dataobj).reshape(shape[:3])
+
+
 def _nifti_values(path: Path, index: int | None) -> tuple[np.ndarray, int]:
     """(H, W) int64 label values of slice `index` along axis 2 (None: the middle one), and that slice."""
+    st = path.stat()
     with _decoding(path, "not a readable NIfTI mask"):
-        img = nib.load(path)
-        shape = tuple(img.shape) + (1,) * max(0, 3 - len(img.shape))
-        k = shape[2] // 2 if index is None else _check_index(path, index, shape[2], "slice")
-        where = ((slice(None), slice(None), k)[:len(img.shape)]) + (0,) * max(0, len(img.shape) - 3)
-        data = np.asarray(img.dataobj[where]).reshape(shape[:2])   # (H, W), scl_slope applied if the file has one
+        volume = _nifti_volume(str(path.resolve()), st.st_mtime_ns, st.st_size)
+    k = volume.shape[2] // 2 if index is None else _check_index(path, index, volume.shape[2], "slice")
+    data = volume[:, :, k]                                       # (H, W), as io.read_nifti slices the image
     if not np.issubdtype(data.dtype, np.integer):
         whole = np.isfinite(data) & (data == np.round(data))
         if not whole.all():

@@ -4,11 +4,13 @@
 A query encoder learns by InfoNCE against keys from a momentum (EMA) copy of itself and a queue of earlier keys.
 Choices here:
 - the momentum follows BYOL's / MoCo v3's cosine schedule from `momentum` to 1 over training (on_step);
-- no shuffle-BN, a known risk: a query and its positive key are normalised with statistics of the same images,
-  the queued negatives with other batches', a leak a BatchNorm backbone could exploit (the MoCo paper's
-  "cheating"). Shuffling on one device changes no statistic (it would take running both encoders on shuffled
-  sub-batches) and SyncBatchNorm does not remove the leak (MoCo v3 drops the queue instead); a ViT backbone has
-  no BatchNorm. Judge a run by its linear probe, not by the pretext loss;
+- shuffle-BN (MoCo, section 3.3; `shuffle_bn`, on by default): under DDP with more than one process, in training
+  mode, the key encoder runs on a random share of the global batch (a permutation drawn on rank 0), so a query
+  and its positive key are normalised with statistics of different images. Without it they share their batch's
+  statistics and the queued negatives do not, a leak a BatchNorm backbone could exploit (the paper's "cheating").
+  It does nothing on one process (a batch's statistics do not depend on its order), with train.sync_bn (the key
+  encoder's statistics are then global; MoCo v3 drops the queue instead), or for a ViT (no BatchNorm): there the
+  leak remains. Judge a run by its linear probe, not by the pretext loss;
 - the queue and its pointer are buffers, so checkpoints resume with the same negatives; keys are gathered from
   all ranks before they are enqueued, so every rank holds the same queue;
 - the queue is written modulo its size, so it need not be a multiple of the batch size (the last batch of an
@@ -20,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -33,6 +36,31 @@ from medssl.models.trainable import Trainable
 from medssl.schema import bad, check_positive
 
 
+@torch.no_grad()
+def batch_shuffle(x: Tensor) -> tuple[Tensor, Tensor]:
+    """(B, ...) on each of W ranks -> this rank's B rows of the shuffled global batch, and the permutation (W * B,).
+
+    perm is drawn on rank 0 and broadcast, so every rank holds the same one; row i of the shuffled global batch
+    is sample perm[i]. facebookresearch/moco's _batch_shuffle_ddp; every rank must pass the same B.
+    """
+    gathered = concat_all_gather(x)                             # (W * B, ...), rank-ordered
+    rank, b = dist.get_rank(), x.shape[0]
+    if rank == 0:
+        perm = torch.randperm(gathered.shape[0], device=x.device)
+    else:
+        perm = torch.empty(gathered.shape[0], dtype=torch.long, device=x.device)
+    dist.broadcast(perm, src=0)
+    return gathered[perm[rank * b:(rank + 1) * b]], perm
+
+
+@torch.no_grad()
+def batch_unshuffle(y: Tensor, perm: Tensor) -> Tensor:
+    """Inverse of batch_shuffle: (B, ...) computed on the shuffled share -> this rank's own B samples, in order."""
+    gathered = concat_all_gather(y)                             # (W * B, ...): row i belongs to sample perm[i]
+    rank, b = dist.get_rank(), y.shape[0]
+    return gathered[torch.argsort(perm)[rank * b:(rank + 1) * b]]
+
+
 @dataclass
 class MoCoOptions:
     """MoCo v2's options (`model.options` in a config)."""
@@ -43,6 +71,7 @@ class MoCoOptions:
     temperature: float = 0.2
     momentum: float = 0.99  # start of the cosine schedule to 1
     symmetric: bool = False
+    shuffle_bn: bool = True  # under DDP: the key encoder sees a random share of the global batch
 
     def validate(self) -> None:
         """Raise MedsslError naming a bad value."""
@@ -66,10 +95,11 @@ class MoCo(Trainable):
         """Fresh backbone + heads and queue, from the spec and its MoCoOptions."""
         o = spec.options or cls.Options()
         return cls(build_backbone(spec), o.proj_dim, o.hidden_dim, o.queue_size, o.temperature, o.momentum,
-                   o.symmetric)
+                   o.symmetric, o.shuffle_bn)
 
     def __init__(self, backbone: nn.Module, proj_dim: int = 128, hidden_dim: int | None = None,
-                 queue_size: int = 4096, temperature: float = 0.2, momentum: float = 0.99, symmetric: bool = False):
+                 queue_size: int = 4096, temperature: float = 0.2, momentum: float = 0.99, symmetric: bool = False,
+                 shuffle_bn: bool = True):
         super().__init__()
         self.backbone = backbone                                # kept for evaluation; the heads are dropped
         dim = int(backbone.feature_dim)
@@ -78,7 +108,7 @@ class MoCo(Trainable):
         self.key_head = frozen_copy(self.head)
         self.register_buffer("queue", F.normalize(torch.randn(queue_size, proj_dim), dim=1))   # (K, D)
         self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
-        self.temperature, self.symmetric = temperature, symmetric
+        self.temperature, self.symmetric, self.shuffle_bn = temperature, symmetric, shuffle_bn
         self.base_momentum = momentum
         self.momentum = momentum
 
@@ -106,8 +136,19 @@ class MoCo(Trainable):
 
     @torch.no_grad()
     def keys(self, x: Tensor) -> Tensor:
-        """(B, C, H, W) -> normalised key embeddings (B, D) from the momentum encoder."""
-        return F.normalize(self.key_head(self.key_backbone(x)), dim=1)
+        """(B, C, H, W) -> normalised key embeddings (B, D) from the momentum encoder, in the rows of x.
+
+        With shuffle_bn, in training mode under W > 1 processes, the encoder runs on this rank's share of the
+        shuffled global batch (shuffle-BN). On one process that is skipped: the statistics of one batch do not
+        change with its order. In eval mode too: BatchNorm then uses its running statistics (and rank 0 alone may
+        be evaluating).
+        """
+        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        if not (self.shuffle_bn and self.training and world > 1):
+            return F.normalize(self.key_head(self.key_backbone(x)), dim=1)
+        shuffled, perm = batch_shuffle(x)
+        k = F.normalize(self.key_head(self.key_backbone(shuffled)), dim=1)
+        return batch_unshuffle(k, perm)
 
     @torch.no_grad()
     def enqueue(self, keys: Tensor) -> None:

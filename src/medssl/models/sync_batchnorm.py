@@ -1,9 +1,11 @@
 """SyncBatchNorm that also runs on CPU (gloo): BatchNorm statistics over the batches of every process.
 
-torch's nn.SyncBatchNorm (2.13) raises "SyncBatchNorm expected input tensor to be on GPU or XPU" for a CPU tensor
-in training mode once a process group exists. SyncBatchNorm here subclasses it, keeps its fused kernels on GPU
-and, on CPU, computes the statistics with one differentiable all_reduce of (sum, sum of squares, count) per
-channel. Its parameters and buffers are those of the BatchNorm it replaces, so state-dict keys do not change and
+torch 2.13 has no CPU path: nn.SyncBatchNorm raises "SyncBatchNorm expected input tensor to be on GPU or XPU"
+for a CPU tensor in training mode once a process group exists, and DistributedDataParallel refuses a CPU module
+holding one ("SyncBatchNorm layers only work with GPU modules"). CPUSyncBatchNorm is therefore a plain
+BatchNorm subclass (not an nn.SyncBatchNorm) that computes the statistics with one differentiable all_reduce of
+(sum, sum of squares, count) per channel; convert_sync_batchnorm uses it on CPU and torch's layer elsewhere.
+Either way the parameters and buffers are those of the BatchNorm replaced, so state-dict keys do not change and
 a checkpoint loads into a model with plain BatchNorm.
 """
 
@@ -11,7 +13,6 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -36,23 +37,33 @@ class _AllReduceSum(torch.autograd.Function):
         return grad, None
 
 
-class SyncBatchNorm(nn.SyncBatchNorm):
-    """nn.SyncBatchNorm whose training-mode forward also synchronises CPU tensors (gloo); (N, C, *) -> same."""
+class CPUSyncBatchNorm(_BatchNorm):
+    """BatchNorm over the batches of all ranks in training mode (any backend, meant for CPU / gloo); (N, C, *)."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
+                 track_running_stats: bool = True, process_group: dist.ProcessGroup | None = None, bias: bool = True):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, bias=bias)
+        self.process_group = process_group
+
+    def _check_input_dim(self, x: Tensor) -> None:
+        if x.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {x.dim()}D input)")
 
     def forward(self, x: Tensor) -> Tensor:
-        """Statistics over every rank's batch in training mode on CPU; otherwise torch's SyncBatchNorm."""
-        if not (self.training and x.device.type == "cpu" and dist.is_available() and dist.is_initialized()):
-            return super().forward(x)  # eval mode, one process without a group, or a GPU (torch's kernels)
+        """Statistics over every rank's batch in training mode under torch.distributed; else plain BatchNorm."""
+        if not (self.training and dist.is_available() and dist.is_initialized()):
+            return super().forward(x)  # eval mode (running statistics), or no process group
         self._check_input_dim(x)
-        self._check_non_zero_input_channels(x)
         group = self.process_group or dist.group.WORLD
         mean, var, count = self._global_stats(x, group)
         if self.track_running_stats:
             self._update_running_stats(mean.detach(), var.detach(), count)
         shape = (1, -1) + (1,) * (x.ndim - 2)
         y = (x - mean.view(shape)) * torch.rsqrt(var + self.eps).view(shape)
-        if self.affine:
-            y = y * self.weight.view(shape) + self.bias.view(shape)
+        if self.weight is not None:
+            y = y * self.weight.view(shape)
+        if self.bias is not None:
+            y = y + self.bias.view(shape)
         return y.to(x.dtype)
 
     def _global_stats(self, x: Tensor, group: dist.ProcessGroup) -> tuple[Tensor, Tensor, float]:
@@ -78,22 +89,26 @@ class SyncBatchNorm(nn.SyncBatchNorm):
         self.running_var.mul_(1 - factor).add_(factor * unbiased.to(self.running_var.dtype))
 
 
-def convert_sync_batchnorm(module: nn.Module, process_group: dist.ProcessGroup | None = None) -> nn.Module:
-    """Every BatchNorm*d in module replaced by a SyncBatchNorm holding the same parameters and buffers.
+def convert_sync_batchnorm(module: nn.Module, device: torch.device | str = "cpu",
+                           process_group: dist.ProcessGroup | None = None) -> nn.Module:
+    """Every BatchNorm*d in module replaced by a synchronised one holding the same parameters and buffers.
 
-    As nn.SyncBatchNorm.convert_sync_batchnorm: the module is changed in place (a bare BatchNorm is returned
-    replaced); parameters keep their identity, so an optimiser made before still holds them, and requires_grad
-    (False in a momentum copy) is kept.
+    device: where the model will run: CPU gets CPUSyncBatchNorm, anything else torch's nn.SyncBatchNorm (its
+    fused kernels). As nn.SyncBatchNorm.convert_sync_batchnorm: the module is changed in place (a bare BatchNorm
+    is returned replaced); parameters and buffers keep their identity, so an optimiser made before still holds
+    them, and requires_grad (False in a momentum copy) is kept.
     """
+    if torch.device(device).type != "cpu":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module, process_group)
     out = module
-    if isinstance(module, _BatchNorm) and not isinstance(module, nn.SyncBatchNorm):
-        out = SyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
-                            module.track_running_stats, process_group, bias=module.bias is not None)
+    if isinstance(module, _BatchNorm) and not isinstance(module, (CPUSyncBatchNorm, nn.SyncBatchNorm)):
+        out = CPUSyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
+                               module.track_running_stats, process_group, bias=module.bias is not None)
         if module.affine:
             out.weight, out.bias = module.weight, module.bias
         out.running_mean, out.running_var = module.running_mean, module.running_var
         out.num_batches_tracked = module.num_batches_tracked
         out.train(module.training)
     for name, child in module.named_children():
-        out.add_module(name, convert_sync_batchnorm(child, process_group))
+        out.add_module(name, convert_sync_batchnorm(child, device, process_group))
     return out
