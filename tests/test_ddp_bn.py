@@ -224,8 +224,9 @@ class _ReportingMoCo(MoCo):
 
 
 def test_fit_with_sync_bn_on_two_spawned_processes_writes_a_checkpoint_that_loads_plainly(tmp_path):
-    """MoCo (ResNet-18, shuffle-BN on) 2 steps on 2 processes; `medssl pretrain` itself cannot spawn (see README)."""
-    import csv
+    """MoCo (ResNet-18, shuffle-BN on) 2 steps on 2 processes, fit fed as run_pretrain feeds it (run_pretrain's
+    launch_script calls fabric.launch() without a function, which ddp_spawn refuses)."""
+    import csv  # imported here, not at the top: spawned workers import this module, and start faster without them
 
     from medssl.checkpoint import load_checkpoint
     from medssl.config import load_config
@@ -249,13 +250,10 @@ def test_fit_with_sync_bn_on_two_spawned_processes_writes_a_checkpoint_that_load
     assert metrics["steps"] == 2 and metrics["world_size"] == 2 and math.isfinite(metrics["final_loss"])
     with open(run / "log.csv", newline="") as f:
         assert [float(r["synced_bn"]) for r in csv.DictReader(f)] == [bn_layers, bn_layers]
-    assert list(load_checkpoint(run)["model"]) == list(model.state_dict())   # the parent's model was never converted
+    assert list(load_checkpoint(run)["model"]) == list(model.state_dict())   # a plain model's keys (the parent's)
     bundle = load_bundle(run)                               # a strict load into a plain-BatchNorm backbone
     assert not any(isinstance(m, CPUSyncBatchNorm) for m in bundle.model.modules())
     with torch.no_grad():
         features = bundle.model(torch.zeros(2, 1, 16, 16))
     assert features.shape == (2, bundle.model.feature_dim) and torch.isfinite(features).all()
 
-
-if __name__ == "__main__":                                  # pragma: no cover
-    raise SystemExit(pytest.main([__file__, "-q"]))

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from medssl.checkpoint import load_checkpoint
-from medssl.config import load_config
+from medssl.config import load_config, to_dict
+from medssl.data.records import read_manifest
 from medssl.errors import MedsslError
 from medssl.pretrain import load_records, resume_config, run_pretrain
 from medssl.optim import lr_factor
@@ -43,8 +44,12 @@ def test_run_folder_holds_config_log_checkpoint_metrics_and_data(tmp_path):
     assert json.loads((run / "metrics.json").read_text())["steps"] == 3
     assert load_config(run / "config.yaml") == cfg
     assert (run / "data" / "manifest.csv").is_file()              # the synthetic data it trained on
+    records = read_manifest(run / "data" / "manifest.csv")
+    assert metrics["images"] == sum(r.split == "train" for r in records) < len(records)   # its train split only
     assert log_steps(run) == [1, 2, 3]
-    assert load_checkpoint(run)["step"] == 3
+    ckpt = load_checkpoint(run)
+    assert ckpt["step"] == 3 and ckpt["config"] == to_dict(cfg)  # the run's record beside the weights
+    assert ckpt["spec"] == cfg.model_spec().to_dict() and ckpt["preprocess"] == {"size": 16, "channels": 1}
     with pytest.raises(MedsslError, match="holds a run with checkpoints; continue it with --resume"):
         run_pretrain(cfg, run, progress=False)
     longer = resume_config(run, ["train.steps=5"])

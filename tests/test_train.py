@@ -20,18 +20,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from medssl.checkpoint import load_checkpoint
-from medssl.config import load_config
+from medssl.config import load_config, to_dict
 from medssl.data.augment import preset
-from medssl.data.datasets import BatchDataset, EpochLoader, ImageDataset
+from medssl.data.datasets import TWO_VIEWS, BatchDataset, EpochLoader, ImageDataset
 from medssl.errors import MedsslError
 from medssl.losses import nt_xent
+from medssl.models.trainable import Trainable
 from medssl.optim import LARS, lr_factor
-from medssl.train import fit
+from medssl.train import RunSpec, fit
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 
-class Toy(nn.Module):
+class Toy(Trainable):
     """A SimCLR-like model small enough for many steps: conv + BatchNorm + dropout, and a random input mask
     drawn from the global torch RNG (as MAE does), so exact resume must restore RNG and BN state."""
 
@@ -51,14 +52,15 @@ class Toy(nn.Module):
 def toy_source(n: int = 48, batch: int = 8, size: int = 16, workers: int = 0, rank: int = 0, world: int = 1):
     """Real batch pipeline over random in-memory images."""
     images = ImageDataset.from_array(np.random.default_rng(0).random((n, size, size), dtype=np.float32))
-    ds = BatchDataset(images, batch, ("view1", "view2"), preset("chest_xray", size), seed=3, rank=rank,
-                      world_size=world)
+    ds = BatchDataset(images, batch, TWO_VIEWS, preset("chest_xray", size), seed=3, rank=rank, world_size=world)
     return EpochLoader(ds, workers)
 
 
-def toy_cfg(*overrides: str):
-    return load_config(None, ["train.epochs=null", "train.steps=6", "train.log_every=2", "train.checkpoint_every=3",
-                              "data.batch_size=8", "optim.lr=0.01", *overrides])
+def toy_cfg(*overrides: str) -> RunSpec:
+    """fit's RunSpec from a pretraining config with overrides; the config is what its checkpoints record."""
+    cfg = load_config(None, ["train.epochs=null", "train.steps=6", "train.log_every=2", "train.checkpoint_every=3",
+                             "data.batch_size=8", "optim.lr=0.01", *overrides])
+    return RunSpec(cfg.train, cfg.optim, record={"config": to_dict(cfg)})
 
 
 def read_log(run_dir: Path) -> list[dict[str, str]]:
@@ -91,6 +93,11 @@ def test_fit_runs_logs_and_checkpoints(tmp_path):
     assert (ckpt["step"], ckpt["epoch"], ckpt["batch"]) == (6, 1, 0)
     assert ckpt["config"]["train"]["steps"] == 6 and ckpt["version"]
     assert set(ckpt["model"]) == set(Toy().state_dict())
+
+
+def test_fit_trains_only_a_trainable(tmp_path):
+    with pytest.raises(TypeError, match="Trainable"):
+        fit(nn.Linear(2, 2), lambda r, w: toy_source(), toy_cfg(), tmp_path, progress=False)
 
 
 def test_lars_trust_ratio_and_plain_groups():
@@ -241,7 +248,7 @@ def test_resume_after_sigkill_is_exact(tmp_path):
 
 # ---- DDP ------------------------------------------------------------------------------------------------------
 
-class LinearSimCLR(nn.Module):
+class LinearSimCLR(Trainable):
     """Linear encoder + NT-Xent with the cross-rank gather: no BatchNorm, so per-rank statistics cannot differ."""
 
     def __init__(self):

@@ -117,6 +117,19 @@ def test_nifti_label_outside_the_classes_names_the_file_and_slice(tmp_path):
         read_mask(Record(rec.path, "p", index=1, mask=rec.mask), MaskSpec("label", ("a", "b")), 4)
 
 
+def test_nifti_float_labels_must_be_whole_numbers(tmp_path):
+    data = np.zeros((2, 2, 1), np.float32)
+    data[0, 1, 0], data[1, 1, 0] = 1.0, 1.5
+    nib.save(nib.Nifti1Image(data, np.eye(4)), tmp_path / "f.nii")
+    rec = Record(path="ct.nii", patient_id="p", index=0, mask=str(tmp_path / "f.nii"))
+    with pytest.raises(MedsslError, match=r"f\.nii slice 0: mask value 1\.5 is not a whole number"):
+        read_mask(rec, MaskSpec("label", ("a",)), 2)
+    data[1, 1, 0] = 1.0                                         # 1.0 stored as float is label 1, exactly
+    nib.save(nib.Nifti1Image(data, np.eye(4)), tmp_path / "g.nii")
+    rec = Record(path="ct.nii", patient_id="p", index=0, mask=str(tmp_path / "g.nii"))
+    np.testing.assert_array_equal(read_mask(rec, MaskSpec("label", ("a",)), 2), [[[0, 1], [0, 1]]])
+
+
 # ---------------------------------------------------------------- resizing
 
 def test_resize_is_nearest_neighbour(tmp_path):
@@ -152,7 +165,7 @@ def test_label_value_outside_the_classes_names_the_file_and_value(tmp_path):
 def test_rgb_mask_is_refused_with_its_name(tmp_path):
     Image.fromarray(np.zeros((2, 2, 3), np.uint8)).save(tmp_path / "rgb.png")
     rec = Record(path="img.png", patient_id="p", mask=str(tmp_path / "rgb.png"))
-    with pytest.raises(MedsslError, match=r"rgb\.png: mask is a colour image \(mode RGB\)"):
+    with pytest.raises(MedsslError, match=r"rgb\.png: mask has 3 channels \(mode RGB\).*not colour"):
         read_mask(rec, MaskSpec("binary", ("x",)), 2)
 
 

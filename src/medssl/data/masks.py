@@ -75,11 +75,11 @@ def _mask_path(record: Record) -> Path:
 def _png_values(path: Path) -> np.ndarray:
     """(H, W) int64 stored values of a grey or palette PNG; colour is refused."""
     with _decoding(path, "not a readable PNG mask"), Image.open(path, formats=["PNG"]) as img:
-        mode = img.mode
+        mode, bands = img.mode, len(img.getbands())
         values = np.asarray(img).astype(np.int64) if mode in _GREY_MODES else None
     if values is None:
-        raise MedsslError(f"{path}: mask is a colour image (mode {mode}); masks must be grey PNGs whose values "
-                          "are classes (8- or 16-bit, e.g. Pillow mode L or I;16)")
+        raise MedsslError(f"{path}: mask has {bands} channels (mode {mode}); masks must be single-channel grey "
+                          "PNGs whose values are classes (8- or 16-bit, e.g. Pillow mode L or I;16), not colour")
     return values
 
 
@@ -102,7 +102,7 @@ def _nifti_values(path: Path, index: int | None) -> tuple[np.ndarray, int]:
     if not np.issubdtype(data.dtype, np.integer):
         whole = np.isfinite(data) & (data == np.round(data))
         if not whole.all():
-            raise MedsslError(f"{path} slice {k}: mask value {data[~whole].flat[0]!r} is not a whole number")
+            raise MedsslError(f"{path} slice {k}: mask value {float(data[~whole].flat[0])} is not a whole number")
     return data.astype(np.int64), k
 
 

@@ -84,6 +84,7 @@ class MoCo(Trainable):
     """MoCo v2: query encoder, momentum key encoder, queue of negatives. Batch keys: view1, view2 (B, C, H, W).
 
     symmetric=True also uses view2 as queries against view1's keys (MoCo v3) and enqueues both keys.
+    shuffle_bn=True computes the keys on a shuffled share of the global batch under DDP (shuffle-BN, see above).
     Call on_step after every optimiser step (the EMA of the key encoder).
     """
 
