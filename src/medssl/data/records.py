@@ -12,7 +12,7 @@ A manifest is a CSV with one row per image. Columns:
 | report     | no       | free-text report of the study                                                |
 | split      | no       | train, val or test                                                           |
 | index      | no       | frame, slice or row inside a multi-image file (DICOM frames, NIfTI, .npz)    |
-| mask       | no       | segmentation mask image (synthetic data: bit k set = finding k)              |
+| mask       | no       | mask file: PNG label image, 0/255 PNG or NIfTI labels (see data/masks.py; columns mask_encoding, mask_classes) |
 
 Other columns are allowed and ignored, unless one looks like a misspelling of a known column.
 """

@@ -270,13 +270,12 @@ class Evaluation:
         if o.keep_bundles:
             self._keep(name, history["best_val"], model, fraction, seed)
 
-    def run_segment(self, fraction: float, seed: int, idx: np.ndarray, scratch: bool) -> None:
-        """U-Net with the pretrained (or a fresh) encoder on the records' masks; Dice on the test split."""
+    def masks(self) -> tuple[Any, dict[str, torch.Tensor]]:
+        """The mask encoding (decided once, from every split's records) and every split's masks, read once."""
         from medssl.data.masks import mask_spec, read_masks
-        from medssl.evaluate.segment import SegmentConfig, segment_transfer
 
         d, o = self.data, self.opts
-        if "mask_spec" not in self.artefacts:  # decided once, from every split's records
+        if "mask_spec" not in self.artefacts:
             records = [r for split in ("train", "val", "test") for r in d.splits[split]]
             self.artefacts["mask_spec"] = mask_spec(records, o.mask_encoding, o.mask_classes)
         spec = self.artefacts["mask_spec"]
@@ -284,6 +283,14 @@ class Evaluation:
         for split in ("train", "val", "test"):
             if split not in masks:
                 masks[split] = read_masks(d.splits[split], spec, d.size)
+        return spec, masks
+
+    def run_segment(self, fraction: float, seed: int, idx: np.ndarray, scratch: bool) -> None:
+        """U-Net with the pretrained (or a fresh) encoder on the records' masks; Dice on the test split."""
+        from medssl.evaluate.segment import SegmentConfig, segment_transfer
+
+        d, o = self.data, self.opts
+        spec, masks = self.masks()
         backbone = fresh_backbone(self.spec, seed) if scratch else copy.deepcopy(self.backbone)
         name = "segment_scratch" if scratch else "segment"
         cfg = SegmentConfig(steps=o.segment_steps, lr=o.segment_lr, patience=o.segment_patience, size=d.size,
@@ -297,6 +304,8 @@ class Evaluation:
     def run(self) -> None:
         """Every protocol x fraction x seed, with a progress bar."""
         o = self.opts
+        if "segment" in o.protocols:  # cheap checks first: read every mask before any training
+            self.masks()
         jobs = [(p, f, s) for s in range(o.seeds) for f in o.fractions for p in o.protocols]
         for p, f, s in tqdm(jobs, desc="evaluate", unit="run", disable=not o.progress, file=sys.stderr):
             idx = subset_index(self.data.splits["train"], f, s)

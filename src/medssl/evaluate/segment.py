@@ -222,7 +222,7 @@ def predict_masks(model: UNet, images: Tensor, batch_size: int = 64) -> np.ndarr
     """(N, K, H, W) bool: sigmoid(logits) > 0.5, i.e. logits > 0, with the model in eval mode."""
     model.eval()
     device = next(model.parameters()).device
-    channels = model.backbone.conv1.in_channels
+    channels = model.backbone.in_channels
     out = [np.zeros((0, model.head.out_channels, *images.shape[-2:]), bool)]
     for i in range(0, len(images), batch_size):
         x = images[i:i + batch_size].to(device).float().div_(255).expand(-1, channels, -1, -1)
@@ -266,7 +266,7 @@ def segment_transfer(backbone: nn.Module, train_images: Tensor, train_masks: Ten
         torch.manual_seed(cfg.seed)  # the decoder's initial weights
         model = UNet(backbone, len(classes), cfg.decoder_channels, cfg.backbone_lr_scale)
     model.set_prior(train_masks.float().mean(dim=(0, 2, 3)))
-    make_loader = functools.partial(_make_batches, train_images, train_masks, cfg, backbone.conv1.in_channels)
+    make_loader = functools.partial(_make_batches, train_images, train_masks, cfg, backbone.in_channels)
     validation = Validation(functools.partial(_val_dice, images=val_images, masks=val_masks),
                             every=cfg.val_every, patience=cfg.patience) if len(val_images) else None
     result = fit(model, make_loader, _run_spec(cfg, validation), run_dir, progress=progress)
