@@ -27,9 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from data_throughput import machine  # noqa: E402
 
 from medssl.config import load_config  # noqa: E402
-from medssl.synthetic import write_synthetic  # noqa: E402
-from medssl.pretrain import build_model, load_records, make_loader  # noqa: E402
+from medssl.methods import build_model  # noqa: E402
 from medssl.optim import make_optimizer  # noqa: E402
+from medssl.pretrain import load_records, make_loader, run_spec, write_data  # noqa: E402
 from medssl.train import fit  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -75,8 +75,7 @@ def bare_loop(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches:
         if grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         optimizer.step()
-        if hasattr(model, "on_step"):
-            model.on_step(i, steps)
+        model.on_step(i + 1, steps)                             # as fit: after the step, 1-based
         n += len(batch["index"])
     return n / (time.perf_counter() - t0)
 
@@ -105,7 +104,8 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--steps", type=int, default=8, help="timed steps for each of fit and the bare loop")
-    ap.add_argument("--patients", type=int, default=400, help="synthetic patients (about 3 images each)")
+    ap.add_argument("--patients", type=int, default=400,
+                    help="built-in synthetic patients (about 3 images each; pretraining reads the 70 %% train split)")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--channels-last", action="store_true")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
@@ -116,21 +116,22 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     overrides = [f"data.size={args.size}", f"data.batch_size={args.batch}", f"data.num_workers={args.workers}",
                  f"train.steps={args.steps + 1}", "train.log_every=1", f"train.checkpoint_every={10**6}",
-                 f"train.channels_last={str(args.channels_last).lower()}", *args.set]
+                 f"train.channels_last={str(args.channels_last).lower()}", f"data.synthetic_patients={args.patients}",
+                 *args.set]
     if args.backbone:
         overrides.append(f"model.backbone={args.backbone}")
     cfg = load_config(CONFIGS / f"{args.method}.yaml", overrides)
     peak_before = matmul_gflops()
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(tmp) / "run"
-        write_synthetic(run / "data", args.patients, args.size, seed=0, progress=False)
+        write_data(cfg, run, progress=False)                   # the built-in source, as `medssl pretrain` writes it
         records = load_records(cfg, run)
         loader = make_loader(cfg, records, False, 0, 1)
         loader_ips, batches = loader_rate(loader, min(args.steps, len(loader) * 2, 6))
         loader.close()
 
         torch.manual_seed(0)
-        model = build_model(cfg)
+        model = build_model(cfg.model_spec())
         if args.channels_last:
             model = model.to(memory_format=torch.channels_last)
         gflops_img = train_flops_per_image(model, to_device_format(batches[0], args.channels_last), args.batch)
@@ -140,10 +141,10 @@ def main() -> None:
         bare_before = bare_loop(model, optimizer, batches, args.steps, args.channels_last, clip)
 
         torch.manual_seed(0)
-        fit_model = build_model(cfg)
+        fit_model = build_model(cfg.model_spec())
         t0 = time.perf_counter()
-        result = fit(fit_model, lambda rank, world: make_loader(cfg, records, False, rank, world), cfg, run,
-                     progress=False)
+        result = fit(fit_model, lambda rank, world: make_loader(cfg, records, False, rank, world),
+                     run_spec(cfg, "built-in synthetic chest radiographs"), run, progress=False)
         wall = time.perf_counter() - t0
         # fit's own clock starts at its first batch; step 1 (worker start-up, warm-up) is left out as for bare
         rows = list(csv.DictReader((run / "log.csv").open()))

@@ -144,19 +144,36 @@ def test_manifest_pointing_at_missing_images(cli, tmp_path):
 
 
 def test_demo_writes_summary_plots_and_html(cli, tmp_path):
-    code, out, err = cli("demo", "--out", tmp_path / "run", "--patients", 12, "--size", 32, "--quiet")
+    # the smallest demo: 30 patients give the 64 training images of one pretraining batch
+    tiny = ["--patients", 30, "--size", 16, "--pretrain-steps", 1, "--finetune-steps", 2, "--seeds", 1, "--quiet"]
+    code, out, err = cli("demo", "--out", tmp_path / "run", *tiny)
     assert code == 0, err
-    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert metrics["data"]["patients"] == 12 and len(metrics["label_fractions"]) == 3
-    html = (tmp_path / "run" / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 2 and "synthetic" in html
-    assert "[demo]" in out
-    # a second run into the same folder replaces the earlier demo; a foreign non-empty folder is refused
-    assert cli("demo", "--out", tmp_path / "run", "--patients", 12, "--size", 32, "--quiet")[0] == 0
+    run = tmp_path / "run"
+    assert json.loads((run / "data_summary.json").read_text())["patients"] == 30
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["settings"]["patients"] == 30 and len(metrics["settings"]["fractions"]) == 3
+    assert all(len(points) == 3 for points in metrics["curves"].values())        # every arm at the 3 fractions
+    assert "scratch (no pretraining)" in metrics["curves"] and len(metrics["predictions"]) == 6
+    html = (run / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 4 and "synthetic" in html
+    for section in ("Label efficiency", "Test metrics", "Pretraining curves", "medssl predict", "Samples"):
+        assert section in html, section
+    assert "[demo]" in out and metrics["verdict"]["text"] in out
+    # a second run into the same folder skips the stages it finished; other settings or a foreign non-empty
+    # folder are refused
+    code, out, err = cli("demo", "--out", run, *tiny)
+    assert code == 0, err
+    assert out.count("done in an earlier run") == len(metrics["stage_seconds"]) == 6
+    code, _, err = cli("demo", "--out", run, *tiny, "--seeds", 2)
+    assert code == 2
+    one_error_line(err, "holds a demo run with other settings")
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "precious.txt").write_text("x")
     code, _, err = cli("demo", "--out", tmp_path / "other", "--quiet")
     assert code == 2 and (tmp_path / "other" / "precious.txt").exists()
+    code, _, err = cli("demo", "--out", tmp_path / "few", "--patients", 12, "--quiet")
+    assert code == 2
+    one_error_line(err, "patients=12 is too few")
 
 
 def test_info_on_real_pneumoniamnist(cli, tmp_path):
@@ -220,8 +237,9 @@ def test_pretrain_and_export_bad_input(cli, tmp_path, args, expect):
 
 def test_evaluate_end_to_end_on_synthetic_data(cli, tmp_path):
     run = tmp_path / "pre"
+    # evaluation scores on the val / test patients of the run's own built-in data: enough patients for both
     code, _, err = cli("pretrain", "--config", SIMCLR, "--out", run, "--set", "train.steps=2", "--set",
-                       "data.synthetic_patients=6", "--set", "data.size=16", "--set", "data.batch_size=8",
+                       "data.synthetic_patients=16", "--set", "data.size=16", "--set", "data.batch_size=8",
                        "--set", "data.num_workers=0", "--quiet")
     assert code == 0, err
     code, out, err = cli("evaluate", "--checkpoint", run, "--protocol", "linear,knn,finetune,segment",
@@ -237,6 +255,17 @@ def test_evaluate_end_to_end_on_synthetic_data(cli, tmp_path):
     for plot in ("Label efficiency", "ROC curves", "Confusion matrix", "t-SNE", "Grad-CAM", "Segmentation"):
         assert plot in html, plot
     assert "| protocol |" in (run / "evaluate" / "results.md").read_text() and "fine-tune (scratch)" in out
+    # the best classifier of each protocol is kept as a bundle, and `medssl predict` runs it on an image file
+    bundles = run / "evaluate" / "bundles"
+    assert sorted(p.name for p in bundles.iterdir()) == ["finetune.pt", "linear.pt", "scratch.pt"]
+    assert f"medssl predict {bundles / 'finetune.pt'}" in out
+    image = next(r.path for r in read_manifest(run / "evaluate" / "data" / "manifest.csv") if r.split == "test")
+    code, out, err = cli("predict", bundles / "finetune.pt", image, "--json")
+    assert code == 0, err
+    (result,) = json.loads(out)["results"]
+    assert result["image"] == image and result["predicted"]
+    assert set(result["predicted"]) <= set(result["probabilities"])
+    assert all(0 <= p <= 1 for p in result["probabilities"].values())
     code, _, err = cli("evaluate", "--checkpoint", run, "--protocol", "linear,magic", "--quiet")
     assert code == 2
     one_error_line(err, "magic")
@@ -260,3 +289,29 @@ def test_evaluate_fine_tuning_flags_reach_the_options(cli, tmp_path, monkeypatch
     code, _, err = cli("evaluate", "--checkpoint", tmp_path / "run", "--out", tmp_path / "ev", *flags, "--quiet")
     assert code == 0, err
     assert (seen["opts"].finetune_head, seen["opts"].finetune_freeze_bn) == (head, freeze)
+
+
+@pytest.mark.parametrize("flags, expect", [
+    ((), dict(finetune_steps=300, finetune_epochs=None, finetune_lr=1e-3, finetune_patience=6, segment_steps=300,
+              segment_lr=1e-3, segment_patience=None, keep_bundles=True)),
+    (("--finetune-epochs", "2", "--finetune-lr", "0.01", "--finetune-patience", "0", "--segment-steps", "5",
+      "--segment-lr", "0.02", "--segment-patience", "3", "--no-bundles"),
+     dict(finetune_steps=None, finetune_epochs=2, finetune_lr=0.01, finetune_patience=None, segment_steps=5,
+          segment_lr=0.02, segment_patience=3, keep_bundles=False)),
+], ids=["defaults", "given"])
+def test_evaluate_budget_and_bundle_flags_reach_the_options(cli, tmp_path, monkeypatch, flags, expect):
+    import medssl.evaluate.run as run
+
+    seen = {}
+
+    def fake(opts):
+        seen["opts"] = opts
+        (opts.out / "results.md").parent.mkdir(parents=True, exist_ok=True)
+        (opts.out / "results.md").write_text("| protocol |\n")
+        return {"seconds": 0.0}
+
+    monkeypatch.setattr(run, "run_evaluate", fake)
+    code, _, err = cli("evaluate", "--checkpoint", tmp_path / "run", "--out", tmp_path / "ev", *flags, "--quiet")
+    assert code == 0, err
+    assert {k: getattr(seen["opts"], k) for k in expect} == expect
+    seen["opts"].validate()                                     # what the flags gave is a valid evaluation

@@ -96,9 +96,13 @@ class Demo:
         from medssl.config import load_config
         from medssl.pretrain import run_pretrain
 
+        from medssl.data.records import read_manifest
+
         s, run = self.s, self.out / "pretrain" / method
+        train = sum(r.split == "train" for r in read_manifest(self.manifest))
+        batch = min(s.pretrain_batch, train)  # a small demo holds fewer training images than one batch
         cfg = load_config(None, [f"method={method}", f"data.source={self.manifest}", f"data.size={s.size}",
-                                 f"data.batch_size={s.pretrain_batch}", "data.num_workers=1",
+                                 f"data.batch_size={batch}", "data.num_workers=1",
                                  f"model.stem={s.stem}", f"train.steps={s.pretrain_steps}", "train.log_every=5",
                                  "train.checkpoint_every=50", "train.channels_last=true", "optim.warmup_steps=10",
                                  "optim.grad_clip=5.0", f"train.seed={s.seed}", "model.options.proj_dim=64"])
