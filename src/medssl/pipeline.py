@@ -31,8 +31,8 @@ class DemoSettings:
     size: int = 32
     seed: int = 0
     pretrain_steps: int = 150
-    pretrain_batch: int = 64
-    stem: str = "cifar"
+    pretrain_batch: int = 128
+    stem: str = "small"
     finetune_steps: int = 60
     fractions: tuple[float, ...] = (0.01, 0.1, 1.0)
     seeds: int = 3

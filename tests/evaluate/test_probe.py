@@ -14,8 +14,8 @@ from conftest import TinyNet
 from medssl.evaluate.features import extract_features
 from medssl.errors import MedsslError
 from medssl.evaluate.probe import (CS, accuracy, backbone_fingerprint, knn_scores, linear_probe, macro_auc,
-                                   probe_module, sanity_check, task_scores)
-from medssl.data.tasks import Task
+                                   probe_module, sanity_check)
+from medssl.data.tasks import Task, task_probabilities
 
 BINARY = Task("binary", ("normal", "pneumonia"))
 MULTICLASS = Task("multiclass", ("a", "b", "c"))
@@ -122,10 +122,11 @@ def test_probe_module_gives_the_logits_of_the_folded_weights():
     r = linear_probe(feats[:20], y[:20], feats[20:], y[20:], feats, BINARY)
     module = probe_module(net, r, BINARY)
     with torch.no_grad():
-        logits = module(images.float() / 255).numpy()           # (30, 1)
+        logits = module.logits(images.float() / 255).numpy()    # (30, 1)
     assert logits.shape == (30, 1)
     assert np.allclose(logits, feats.astype(np.float64) @ r.weight.T + r.bias, atol=1e-4)
     assert np.allclose(1 / (1 + np.exp(-logits)), r.scores, atol=1e-5)  # both (30, 1)
+    assert module.backbone is net and not module.training     # the one LinearHead, on the shared backbone
 
 
 def test_one_class_in_validation_falls_back_to_accuracy():
@@ -192,22 +193,22 @@ KNN_Y = {"binary": np.array([1, 0, 0, 1]), "multiclass": np.array([2, 0, 1, 2]),
 
 
 @pytest.mark.parametrize("task", [BINARY, MULTICLASS, MULTILABEL], ids=lambda t: t.kind)
-def test_task_scores_and_knn_scores_are_n_by_n_outputs_for_every_kind(task):
+def test_task_probabilities_and_knn_scores_are_n_by_n_outputs_for_every_kind(task):
     logits = np.random.default_rng(0).normal(size=(7, task.n_outputs))
-    assert task_scores(logits, task).shape == (7, task.n_outputs)
-    assert task_scores(logits[:1], task).shape == (1, task.n_outputs)      # one image: still 2-D
+    assert task_probabilities(logits, task).shape == (7, task.n_outputs)
+    assert task_probabilities(logits[:1], task).shape == (1, task.n_outputs)      # one image: still 2-D
     y = KNN_Y[task.kind]
     assert knn_scores(TRAIN, y, TEST, task, k=2).shape == (5, task.n_outputs)
     assert knn_scores(TRAIN, y, TEST[:1], task, k=1).shape == (1, task.n_outputs)
     assert knn_scores(TRAIN, y, TEST[:0], task).shape == (0, task.n_outputs)
 
 
-def test_task_scores_by_hand_and_logits_of_another_width_raise():
+def test_task_probabilities_by_hand_and_logits_of_another_width_raise():
     z = np.log([[1.0], [3.0]])                                  # sigmoid(log 3) = 3 / (3 + 1)
-    np.testing.assert_allclose(task_scores(z, BINARY), [[0.5], [0.75]])
-    np.testing.assert_allclose(task_scores(np.log([[1.0, 1.0, 2.0]]), MULTICLASS), [[0.25, 0.25, 0.5]])
-    np.testing.assert_allclose(task_scores(np.log([[1.0, 3.0]]), MULTILABEL), [[0.5, 0.75]])
+    np.testing.assert_allclose(task_probabilities(z, BINARY), [[0.5], [0.75]])
+    np.testing.assert_allclose(task_probabilities(np.log([[1.0, 1.0, 2.0]]), MULTICLASS), [[0.25, 0.25, 0.5]])
+    np.testing.assert_allclose(task_probabilities(np.log([[1.0, 3.0]]), MULTILABEL), [[0.5, 0.75]])
     with pytest.raises(MedsslError, match=r"logits.*\(2,\)"):
-        task_scores(np.zeros(2), BINARY)                        # the old (N,) binary form
+        task_probabilities(np.zeros(2), BINARY)                        # the old (N,) binary form
     with pytest.raises(MedsslError, match=r"logits.*\(2, 2\)"):
-        task_scores(np.zeros((2, 2)), MULTICLASS)
+        task_probabilities(np.zeros((2, 2)), MULTICLASS)

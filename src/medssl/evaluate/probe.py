@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from medssl.errors import MedsslError
 from medssl.evaluate.metrics import class_aucs, outcomes
 from medssl.data.tasks import Task, task_probabilities
+from medssl.models.classifier import Classifier
 
 CS = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
 MAX_ITER = 2000  # lbfgs on standardised features converges in a few hundred iterations except on separable data
@@ -40,13 +41,6 @@ class ProbeResult:
     bias: np.ndarray  # (K,)
     val_metric: str = "auc"  # "auc", or "accuracy" where the val AUC is undefined
     val_score: float = math.nan
-
-
-def task_scores(logits: np.ndarray, task: Task) -> np.ndarray:
-    """Logits (N, K) -> scores (N, K), K = task.n_outputs: softmax (multiclass), else one sigmoid per column.
-
-    The one implementation is data.tasks.task_probabilities (which raises on any other logits shape)."""
-    return task_probabilities(logits, task)
 
 
 def _both_present(columns: np.ndarray) -> np.ndarray:
@@ -128,7 +122,7 @@ def linear_probe(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_
     best: tuple[float, float, np.ndarray, np.ndarray, np.ndarray] | None = None
     for C in sorted(float(c) for c in Cs):
         w, b = _fit(z_train, y_train, task, C, seed)
-        val_scores = task_scores(z_val @ w.T + b, task)
+        val_scores = task_probabilities(z_val @ w.T + b, task)
         metric, score = validation_score(y_val, val_scores, task)  # the metric depends on y_val only: one for all C
         if best is None or score > best[0]:
             best = (score, C, w, b, val_scores)
@@ -137,23 +131,16 @@ def linear_probe(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_
     score, C, w, b, val_scores = best
     weight = w / sd                                         # w . (x - mu) / sd + b = (w / sd) . x + (b - ...)
     bias = b - weight @ mu
-    scores = task_scores(np.asarray(x_test, dtype=np.float64) @ weight.T + bias, task)
+    scores = task_probabilities(np.asarray(x_test, dtype=np.float64) @ weight.T + bias, task)
     return ProbeResult(scores, val_scores, C, weight, bias, metric, score)
 
 
-def probe_module(backbone: nn.Module, result: ProbeResult, task: Task) -> nn.Module:
-    """backbone -> nn.Linear(weight, bias): images (B, C, H, W) -> logits (B, K) (K = 1 for binary), eval mode.
-
-    The backbone is shared, not copied (and left in eval mode): a torch module of the probe for Grad-CAM.
-    """
-    k, d = result.weight.shape
-    if k != task.n_outputs:
-        raise MedsslError(f"probe has {k} outputs but the {task.kind} task needs {task.n_outputs}")
-    linear = nn.Linear(d, k)
-    with torch.no_grad():
-        linear.weight.copy_(torch.as_tensor(result.weight, dtype=torch.float32))
-        linear.bias.copy_(torch.as_tensor(result.bias, dtype=torch.float32))
-    return nn.Sequential(backbone, linear).eval()
+def probe_module(backbone: nn.Module, result: ProbeResult, task: Task) -> Classifier:
+    """The probe as a Classifier: backbone + a LinearHead holding the probe's weights, images -> logits (B, K),
+    eval mode. The backbone is shared, not copied: copy it first to keep the probe apart from later training."""
+    model = Classifier(backbone, task)
+    model.head.load(result.weight, result.bias)
+    return model.eval()
 
 
 def knn_scores(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, task: Task, k: int = 20,

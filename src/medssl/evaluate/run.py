@@ -220,9 +220,9 @@ class Evaluation:
 
     def _probe_classifier(self, res: Any) -> Classifier:
         """The probe as a torch classifier: the frozen backbone (copied) + a LinearHead holding its weights."""
-        model = Classifier(copy.deepcopy(self.backbone), self.data.task)
-        model.head.load(res.weight, res.bias)
-        return model.eval()
+        from medssl.evaluate.probe import probe_module
+
+        return probe_module(copy.deepcopy(self.backbone), res, self.data.task)
 
     def _keep(self, protocol: str, val: float, model: Classifier | Callable[[], Classifier], fraction: float,
               seed: int) -> None:
