@@ -145,14 +145,16 @@ def test_manifest_pointing_at_missing_images(cli, tmp_path):
 
 def test_demo_writes_summary_plots_and_html(cli, tmp_path):
     # the smallest demo: 30 patients give the 64 training images of one pretraining batch
-    tiny = ["--patients", 30, "--size", 16, "--pretrain-steps", 1, "--finetune-steps", 2, "--seeds", 1, "--quiet"]
+    tiny = ["--patients", 30, "--size", 16, "--pretrain-steps", 1, "--finetune-steps", 2, "--seeds", 1,
+            "--fractions", "0.1,1", "--quiet"]
     code, out, err = cli("demo", "--out", tmp_path / "run", *tiny)
     assert code == 0, err
     run = tmp_path / "run"
     assert json.loads((run / "data_summary.json").read_text())["patients"] == 30
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["settings"]["patients"] == 30 and len(metrics["settings"]["fractions"]) == 3
-    assert all(len(points) == 3 for points in metrics["curves"].values())        # every arm at the 3 fractions
+    assert metrics["settings"]["patients"] == 30 and metrics["settings"]["fractions"] == [0.1, 1.0]
+    assert all(len(points) == 2 for points in metrics["curves"].values())        # every arm at both fractions
+    assert len(metrics["curves"]) == 5                                           # 2 methods x 2 protocols + scratch
     assert "scratch (no pretraining)" in metrics["curves"] and len(metrics["predictions"]) == 6
     html = (run / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 4 and "synthetic" in html
@@ -174,6 +176,9 @@ def test_demo_writes_summary_plots_and_html(cli, tmp_path):
     code, _, err = cli("demo", "--out", tmp_path / "few", "--patients", 12, "--quiet")
     assert code == 2
     one_error_line(err, "patients=12 is too few")
+    code, _, err = cli("demo", "--out", tmp_path / "few", "--fractions", "0,1", "--quiet")
+    assert code == 2
+    one_error_line(err, "fractions=[0.0, 1.0]")
 
 
 def test_info_on_real_pneumoniamnist(cli, tmp_path):

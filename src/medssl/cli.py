@@ -231,6 +231,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     given = {k: getattr(args, k) for k in ("patients", "size", "seed", "pretrain_steps", "finetune_steps", "seeds")
              if getattr(args, k) is not None}
+    if args.fractions:
+        given["fractions"] = tuple(args.fractions)
     t0 = time.perf_counter()
     metrics = run_demo(Path(args.out), dataclasses.replace(DemoSettings(), **given), progress=not args.quiet)
     print(metrics["verdict"]["text"])
@@ -252,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--pretrain-steps", type=int, help="steps of each pretraining")
     demo.add_argument("--finetune-steps", type=int, help="steps of each fine-tuning run")
     demo.add_argument("--seeds", type=int, help="seeds of the label fractions (default 3)")
+    demo.add_argument("--fractions", type=_floats, help="label fractions (default 0.01,0.1,1)")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=cmd_demo)
 

@@ -44,6 +44,8 @@ class DemoSettings:
         for name in ("patients", "size", "pretrain_steps", "pretrain_batch", "finetune_steps", "seeds", "n_boot"):
             if getattr(self, name) < 1:
                 raise MedsslError(f"demo: {name}={getattr(self, name)} must be positive")
+        if not self.fractions or any(not 0 < f <= 1 for f in self.fractions):
+            raise MedsslError(f"demo: fractions={list(self.fractions)}: each must be in (0, 1]")
         if self.patients < 20:
             raise MedsslError(f"demo: patients={self.patients} is too few for 1 % labels and three splits (20+)")
         return self
