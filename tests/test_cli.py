@@ -280,9 +280,17 @@ def test_evaluate_end_to_end_on_synthetic_data(cli, tmp_path):
                                                   (("--finetune-head", "random", "--finetune-bn", "train"),
                                                    "random", False)])
 def test_evaluate_fine_tuning_flags_reach_the_options(cli, tmp_path, monkeypatch, flags, head, freeze):
+    seen = _fake_evaluate(monkeypatch)
+    code, _, err = cli("evaluate", "--checkpoint", tmp_path / "run", "--out", tmp_path / "ev", *flags, "--quiet")
+    assert code == 0, err
+    assert (seen["opts"].finetune_head, seen["opts"].finetune_freeze_bn) == (head, freeze)
+
+
+def _fake_evaluate(monkeypatch) -> dict:
+    """Replace run_evaluate by a stub that records the EvalOptions the CLI built; returns where it records them."""
     import medssl.evaluate.run as run
 
-    seen = {}
+    seen: dict = {}
 
     def fake(opts):
         seen["opts"] = opts
@@ -291,9 +299,7 @@ def test_evaluate_fine_tuning_flags_reach_the_options(cli, tmp_path, monkeypatch
         return {"seconds": 0.0}
 
     monkeypatch.setattr(run, "run_evaluate", fake)
-    code, _, err = cli("evaluate", "--checkpoint", tmp_path / "run", "--out", tmp_path / "ev", *flags, "--quiet")
-    assert code == 0, err
-    assert (seen["opts"].finetune_head, seen["opts"].finetune_freeze_bn) == (head, freeze)
+    return seen
 
 
 @pytest.mark.parametrize("flags, expect", [
@@ -305,17 +311,7 @@ def test_evaluate_fine_tuning_flags_reach_the_options(cli, tmp_path, monkeypatch
           segment_lr=0.02, segment_patience=3, keep_bundles=False)),
 ], ids=["defaults", "given"])
 def test_evaluate_budget_and_bundle_flags_reach_the_options(cli, tmp_path, monkeypatch, flags, expect):
-    import medssl.evaluate.run as run
-
-    seen = {}
-
-    def fake(opts):
-        seen["opts"] = opts
-        (opts.out / "results.md").parent.mkdir(parents=True, exist_ok=True)
-        (opts.out / "results.md").write_text("| protocol |\n")
-        return {"seconds": 0.0}
-
-    monkeypatch.setattr(run, "run_evaluate", fake)
+    seen = _fake_evaluate(monkeypatch)
     code, _, err = cli("evaluate", "--checkpoint", tmp_path / "run", "--out", tmp_path / "ev", *flags, "--quiet")
     assert code == 0, err
     assert {k: getattr(seen["opts"], k) for k in expect} == expect

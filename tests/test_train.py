@@ -27,7 +27,8 @@ from medssl.errors import MedsslError
 from medssl.losses import nt_xent
 from medssl.models.trainable import Trainable
 from medssl.optim import LARS, lr_factor
-from medssl.train import RunSpec, fit
+from medssl.runspec import RunSpec
+from medssl.train import fit
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 

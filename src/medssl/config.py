@@ -20,7 +20,7 @@ from medssl.models.factory import ModelSpec
 from medssl.optim import OptimConfig
 from medssl.schema import bad, check_choice, check_positive, from_mapping, plain
 from medssl.synthetic.builtin import BUILTIN_PATIENTS, BUILTIN_SEED
-from medssl.train import TrainConfig
+from medssl.runspec import TrainConfig
 
 PAIR_BY = ("patient", "study")
 

@@ -26,7 +26,8 @@ from medssl.data.records import Record
 from medssl.errors import MedsslError
 from medssl.methods import build_model, method
 from medssl.synthetic.builtin import builtin_source
-from medssl.train import RunSpec, fit, launch_script, make_fabric
+from medssl.runspec import RunSpec
+from medssl.train import fit, launch_script, make_fabric
 
 CONFIG = "config.yaml"
 METRICS = "metrics.json"

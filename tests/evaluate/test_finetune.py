@@ -21,7 +21,8 @@ from medssl.inference import predict_logits
 from medssl.models.backbones import create_backbone
 from medssl.models.classifier import Classifier
 from medssl.optim import OptimConfig, make_optimizer
-from medssl.train import RunSpec, TrainConfig, Validation, fit
+from medssl.runspec import RunSpec, TrainConfig, Validation
+from medssl.train import fit
 
 BINARY = Task("binary", ("normal", "pneumonia"))
 MULTICLASS = Task("multiclass", ("dark", "grey", "bright"))

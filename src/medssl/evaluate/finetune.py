@@ -32,7 +32,8 @@ from medssl.evaluate.probe import auc_defined, macro_auc
 from medssl.inference import predict_logits
 from medssl.models.classifier import Classifier
 from medssl.optim import OptimConfig
-from medssl.train import RunSpec, TrainConfig, Validation, fit
+from medssl.runspec import RunSpec, TrainConfig, Validation
+from medssl.train import fit
 
 
 @dataclass

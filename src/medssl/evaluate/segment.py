@@ -37,7 +37,8 @@ from medssl.schema import plain
 from medssl.models.backbones import ResNet
 from medssl.models.trainable import Trainable
 from medssl.optim import OptimConfig
-from medssl.train import RunSpec, TrainConfig, Validation, fit
+from medssl.runspec import RunSpec, TrainConfig, Validation
+from medssl.train import fit
 
 
 # ---------------------------------------------------------------- the metric
