@@ -104,7 +104,7 @@ def make_plots(ev: Any, summary: dict, plot_dir: Path) -> dict[str, Path]:
     model = ev.artefacts.get("model_finetune")
     if model is not None and _target_layer(model) is not None:
         wrapped = ImagesToLogits(model).eval()
-        images = d.images["test"][:8].float() / 255.0
+        images = ev.preprocess.to_input(d.images["test"][:8])
         titles = ["+".join(r.labels) for r in d.splits["test"][:8]]
         out["Grad-CAM of the fine-tuned model on test images"] = plots.gradcam_plot(
             wrapped, images, "model." + _target_layer(model), plot_dir / "gradcam.png", titles=titles)

@@ -32,6 +32,7 @@ from monai.losses import DiceLoss
 from torch import Tensor, nn
 
 from medssl.synthetic import FINDINGS
+from medssl.data.preprocess import Preprocess
 from medssl.errors import MedsslError
 from medssl.schema import plain
 from medssl.models.backbones import ResNet
@@ -176,7 +177,8 @@ class SegmentBatches:
     def __init__(self, images: Tensor, masks: Tensor, cfg: SegmentConfig, channels: int, world_size: int = 1):
         if world_size != 1:
             raise MedsslError(f"segmentation transfer runs in one process, not {world_size}")
-        self.images, self.masks, self.cfg, self.channels = images, masks, cfg, channels
+        self.images, self.masks, self.cfg = images, masks, cfg
+        self.pre = Preprocess(int(images.shape[-1]), channels)
         self.batch_size = min(cfg.batch_size, len(images))
 
     def __len__(self) -> int:
@@ -187,13 +189,13 @@ class SegmentBatches:
         perm = np.random.default_rng([self.cfg.seed, epoch]).permutation(len(self.images))
         for k in range(start, len(self)):
             idx = torch.from_numpy(perm[k * self.batch_size:(k + 1) * self.batch_size])
-            x, y = self.images[idx].float() / 255, self.masks[idx].float()
+            x, y = self.pre.to_input(self.images[idx]), self.masks[idx].float()   # (B, C, S, S) in [0, 1]
             if self.cfg.augment:
                 seed = int(np.random.SeedSequence([self.cfg.seed, epoch, k]).generate_state(1)[0])
                 theta = random_theta(len(idx), torch.Generator().manual_seed(seed), self.cfg.rotation_deg,
                                      self.cfg.translate, self.cfg.scale)
                 x, y = paired_affine(x, y, theta)
-            yield {"image": x.expand(-1, self.channels, -1, -1), "mask": y}
+            yield {"image": x, "mask": y}
 
 
 def _make_batches(images: Tensor, masks: Tensor, cfg: SegmentConfig, channels: int, rank: int,
@@ -223,10 +225,9 @@ def predict_masks(model: UNet, images: Tensor, batch_size: int = 64) -> np.ndarr
     """(N, K, H, W) bool: sigmoid(logits) > 0.5, i.e. logits > 0, with the model in eval mode."""
     model.eval()
     device = next(model.parameters()).device
-    channels = model.backbone.in_channels
+    pre = Preprocess(int(images.shape[-1]), model.backbone.in_channels)  # the one stored -> model input step
     out = [np.zeros((0, model.head.out_channels, *images.shape[-2:]), bool)]
-    for i in range(0, len(images), batch_size):
-        x = images[i:i + batch_size].to(device).float().div_(255).expand(-1, channels, -1, -1)
+    for x in pre.batches(images, batch_size, device):
         out.append((model.logits(x) > 0).cpu().numpy())
     return np.concatenate(out)
 
