@@ -72,8 +72,8 @@ class RunSpec:
     """Everything fit needs besides the model and its batches.
 
     train: length, devices, precision, seed, logging and checkpoint cadence; optim: optimiser and schedule;
-    validation: score, keep the best weights, stop early; keep_checkpoints: False removes last.pt / best.pt at
-    the end (an evaluation keeps its numbers and log.csv; a bundle is written separately); record: plain data
+    validation: score, keep the best weights, stop early; keep_checkpoints: False writes no last.pt / best.pt (and
+    removes any left at the end): an evaluation keeps its numbers and log.csv, a bundle is written separately; record: plain data
     saved in every checkpoint beside the weights (the resolved config, the model spec, the preprocess).
     """
 

@@ -350,9 +350,14 @@ class _Run:
                        f"{self.train.collapse_threshold:g}: the representation may be collapsing", file=sys.stderr)
 
     def _checkpoint(self) -> None:
-        """Every rank hands its RNG state to rank 0, which writes last.pt atomically - never with broken weights."""
+        """Every rank hands its RNG state to rank 0, which writes last.pt atomically - never with broken weights.
+
+        A run that keeps no checkpoints (an evaluation's fine-tuning: its numbers are the result) writes none: they
+        would be deleted at the end, and each fsynced write costs a quarter of a second."""
         if not all(bool(torch.isfinite(p).all()) for p in self.raw.parameters()):
             self._stop("the weights became nan or inf (a finite loss with infinite gradients)")
+        if not self.spec.keep_checkpoints:
+            return
         states = [rng_state()]
         if self.fabric.world_size > 1 and dist.is_initialized():
             states = [None] * self.fabric.world_size  # type: ignore[list-item]
