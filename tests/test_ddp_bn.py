@@ -12,7 +12,8 @@ import copy
 import datetime
 import functools
 import math
-import socket
+import os
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 
@@ -30,17 +31,16 @@ from medssl.models.sync_batchnorm import CPUSyncBatchNorm, convert_sync_batchnor
 WORLD, BATCH, EPS = 2, 8, 1e-5  # BATCH: the global batch; each rank holds BATCH // WORLD rows
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _store_path() -> str:
+    """A fresh file for gloo's FileStore rendezvous: no port to pick, so no race with another process for one."""
+    return os.path.join(tempfile.mkdtemp(prefix="medssl-ddp-"), "store")
 
 
 @contextlib.contextmanager
-def _process_group(rank: int, port: int) -> Iterator[None]:
+def _process_group(rank: int, store: str) -> Iterator[None]:
     """One thread per process (2 cores), a gloo group whose collectives time out rather than hang, and teardown."""
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD,
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD,
                             timeout=datetime.timedelta(seconds=30))
     try:
         yield
@@ -49,8 +49,8 @@ def _process_group(rank: int, port: int) -> Iterator[None]:
 
 
 def _spawn(worker: Callable[..., None], timeout: float = 60.0) -> None:
-    """Run worker(rank, port) in WORLD spawned processes; re-raise a worker's failure; kill them all on timeout."""
-    ctx = mp.start_processes(worker, args=(_free_port(),), nprocs=WORLD, join=False, start_method="spawn")
+    """Run worker(rank, store) in WORLD spawned processes; re-raise a worker's failure; kill them all on timeout."""
+    ctx = mp.start_processes(worker, args=(_store_path(),), nprocs=WORLD, join=False, start_method="spawn")
     deadline = time.monotonic() + timeout
     try:
         while not ctx.join(timeout=1.0):                    # raises ProcessRaisedException if a worker failed
@@ -193,8 +193,8 @@ def _shuffle_bn_checks(rank: int) -> None:
     torch.testing.assert_close(without_bn[0], without_bn[1], rtol=0, atol=1e-6)  # back in the right rows
 
 
-def _two_rank_worker(rank: int, port: int) -> None:
-    with _process_group(rank, port):
+def _two_rank_worker(rank: int, store: str) -> None:
+    with _process_group(rank, store):
         _sync_bn_checks(rank)
         _shuffle_bn_checks(rank)
 
