@@ -123,11 +123,13 @@ def save_checkpoint(path: str | os.PathLike, *, model: nn.Module, optimizer: Any
     }, path)
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Load a checkpoint on CPU; MedsslError for a missing, truncated, corrupt or foreign file."""
+def load_checkpoint(path: str | os.PathLike, *, mmap: bool = False) -> dict[str, Any]:
+    """Load a checkpoint on CPU; MedsslError for a missing, truncated, corrupt or foreign file.
+
+    mmap: map the tensors instead of reading them (a quick look at the record beside the weights)."""
     path = resolve_checkpoint(path)
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:  # zip reader, unpickler and EOF errors all mean the same to the user
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise MedsslError(f"{path}: not a readable checkpoint (truncated or corrupt?): {first[:200]}") from None

@@ -127,16 +127,18 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from medssl.pretrain import resume_config, run_pretrain
 
     sets = list(args.set)
+    if args.data:
+        sets.append(f"data.source={Path(args.data).resolve()}")
+    if args.skip_bad:
+        sets.append("data.skip_bad=true")
     if args.resume:
-        if args.config or args.data:
-            raise MedsslError("--resume RUN_DIR continues that run with its own config and data; "
-                              "drop --config/--data (use --set to change e.g. train.steps)")
+        if args.config:
+            raise MedsslError("--resume RUN_DIR continues that run with its own config; drop --config (use --set "
+                              "to change e.g. train.steps or data.batch_size)")
         out, cfg = Path(args.resume), resume_config(args.resume, sets)
     else:
         if not args.config:
             raise MedsslError("pretrain needs --config (e.g. configs/simclr.yaml) or --resume RUN_DIR")
-        if args.data:
-            sets.append(f"data.source={Path(args.data).resolve()}")
         cfg = load_config(args.config, sets)
         out = Path(args.out or f"runs/{cfg.method}")
     metrics = run_pretrain(cfg, out, resume=bool(args.resume), init=args.init, progress=not args.quiet)
@@ -258,13 +260,29 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=cmd_demo)
 
-    pre = sub.add_parser("pretrain", help="self-supervised pretraining: simclr, micle, moco, byol, mae")
-    pre.add_argument("--config", help="YAML config, e.g. configs/simclr.yaml")
-    pre.add_argument("--data", help="manifest .csv, folder or .npz (default: built-in synthetic data)")
-    pre.add_argument("--out", help="run folder (default runs/METHOD)")
-    pre.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.steps=200")
+    pre = sub.add_parser(
+        "pretrain", help="self-supervised pretraining: simclr, micle, moco, byol, mae",
+        description="Self-supervised pretraining of an image encoder into one run folder\n"
+                    "(config.yaml, log.csv, checkpoints/last.pt, metrics.json).",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog="""examples:
+  medssl pretrain --config configs/simclr.yaml --out runs/simclr
+      SimCLR on the built-in synthetic chest radiographs
+  medssl pretrain --config configs/micle.yaml --data /data/cxr/manifest.csv --skip-bad --set data.batch_size=64
+      MICLe on your own images (their train split), going on past unreadable files
+  medssl pretrain --resume runs/simclr --set train.steps=2000
+      continue a run from its last checkpoint, longer; --resume takes --set only of keys that keep the model
+      (data.source, data.batch_size, train.steps, train.epochs, data.num_workers, train.log_every, optim.lr, ...)""")
+    pre.add_argument("--config", help="YAML config, e.g. configs/simclr.yaml (one per method in configs/)")
+    pre.add_argument("--data", help="manifest .csv, folder or .npz, sets data.source (default: built-in synthetic "
+                     "data)")
+    pre.add_argument("--out", help="run folder (default runs/METHOD); a folder left by a run that ended before its "
+                     "first checkpoint is reused")
+    pre.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config value, e.g. train.steps=200 (repeatable)")
     pre.add_argument("--resume", metavar="RUN_DIR", help="continue a run exactly where its last checkpoint left it")
     pre.add_argument("--init", metavar="CKPT", help="start from earlier weights (run folder or checkpoint file)")
+    pre.add_argument("--skip-bad", action="store_true", help="go on past unreadable images and list them "
+                     "(sets data.skip_bad)")
     pre.add_argument("--quiet", action="store_true", help="no progress bars")
     pre.set_defaults(func=cmd_pretrain)
 

@@ -23,6 +23,13 @@ from medssl.synthetic.builtin import BUILTIN_PATIENTS, BUILTIN_SEED
 from medssl.runspec import TrainConfig
 
 PAIR_BY = ("patient", "study")
+# What `--resume` may change in a run with checkpoints: where the images come from and how many per step, how long,
+# where and how fast it runs, what it logs, and the two remedies the NaN guard suggests (optim.lr, optim.grad_clip).
+# Everything else shapes the model, the method or what the optimiser state means, and needs a new run.
+RESUME_SAFE = ("data.source", "data.split", "data.skip_bad", "data.batch_size", "data.num_workers",
+               "data.prefetch_factor", "train.steps", "train.epochs", "train.log_every", "train.checkpoint_every",
+               "train.collapse_threshold", "train.threads", "train.accelerator", "train.devices", "train.num_nodes",
+               "train.strategy", "train.precision", "train.channels_last", "optim.lr", "optim.grad_clip")
 
 
 @dataclass
@@ -41,6 +48,7 @@ class DataConfig:
     batch_size: int = 128
     num_workers: int = 1  # processes making augmented batches; 0 = in the training process
     prefetch_factor: int = 2  # batches each worker keeps ready
+    skip_bad: bool = False  # go on past unreadable images (listed at the start and in metrics.json)
 
 
 @dataclass
@@ -91,6 +99,39 @@ def from_dict(data: dict[str, Any]) -> PretrainConfig:
 def to_dict(cfg: PretrainConfig) -> dict[str, Any]:
     """The config as plain YAML-able data."""
     return plain(cfg)
+
+
+def flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested mapping as {'a.b': value} (lists stay values)."""
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        if isinstance(v, dict) and v:
+            out.update(flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def changes(old: dict[str, Any], new: PretrainConfig) -> dict[str, tuple[Any, Any]]:
+    """{key: (old value, new value)} of every setting the new config changes, sorted by key."""
+    a, b = flat(old), flat(to_dict(new))
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+
+
+def check_resume_changes(changed: dict[str, tuple[Any, Any]]) -> None:
+    """Refuse, in one line naming the keys, changes that a run with checkpoints cannot take (not in RESUME_SAFE)."""
+    unsafe = [k for k in changed if k not in RESUME_SAFE]
+    if unsafe:
+        what = ", ".join(f"{k} ({show(changed[k][0])} -> {show(changed[k][1])})" for k in unsafe)
+        raise MedsslError(f"--resume cannot change {what}: its checkpoints were trained with it; start a new run "
+                          f"with --config and another --out (--resume may change {', '.join(RESUME_SAFE)})")
+
+
+def show(value: Any) -> str:
+    """A config value as it is written on the command line."""
+    if isinstance(value, (dict, list)):
+        return yaml.safe_dump(value, default_flow_style=True).strip()
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def _validate_data(cfg: PretrainConfig) -> None:

@@ -2,6 +2,11 @@
 
 run_dir/ holds config.yaml (resolved), log.csv, checkpoints/last.pt, metrics.json and, without a data source,
 data/ (the built-in synthetic chest radiographs it trained on). Nothing is written elsewhere.
+config.yaml holds the settings of the run's latest part: a `--resume` that changed some (config.RESUME_SAFE) adds
+to resumes.yaml the step from which they hold and their earlier values.
+
+Cheap checks come first: the run folder, --init, what --resume changes, and the batch size against the images the
+manifest lists; nothing is written before they pass, and images are decoded only after.
 """
 
 from __future__ import annotations
@@ -9,16 +14,18 @@ from __future__ import annotations
 import functools
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+import yaml
 
 from medssl import __version__
-from medssl.checkpoint import last_checkpoint
-from medssl.config import PretrainConfig, load_config, read_yaml, save_config, to_dict
+from medssl.checkpoint import last_checkpoint, load_checkpoint
+from medssl.config import (PretrainConfig, changes, check_resume_changes, flat, from_dict, load_config,
+                           parse_override, read_yaml, save_config, show, to_dict)
 from medssl.data.augment import preset
 from medssl.data.datasets import BatchDataset, EpochLoader, ImageDataset, MultiInstanceDataset
 from medssl.data.preprocess import Preprocess
@@ -31,7 +38,14 @@ from medssl.train import fit, launch_script, make_fabric
 
 CONFIG = "config.yaml"
 METRICS = "metrics.json"
+RESUMES = "resumes.yaml"
 SYNTHETIC_DIR = "data"
+# what a run writes into its folder: a folder holding only these and no last.pt is a run that failed or was killed
+# before its first checkpoint, and may start again in place with any config
+RUN_FILES = frozenset({CONFIG, f".{CONFIG}.tmp", "log.csv", ".log.csv.tmp", METRICS, RESUMES, SYNTHETIC_DIR,
+                       "checkpoints", "tensorboard"})
+MAX_SYNTHETIC_IMAGES = 6  # per built-in patient: at most 3 studies of 2 views
+BadFiles = list[tuple[str, str]]
 
 
 def data_source(cfg: PretrainConfig, run_dir: Path) -> Path:
@@ -49,18 +63,58 @@ def write_data(cfg: PretrainConfig, run_dir: Path, progress: bool) -> None:
                        seed=d.synthetic_seed, progress=progress)
 
 
-def load_records(cfg: PretrainConfig, run_dir: Path, progress: bool = False) -> list[Record]:
-    """The training records: the whole source, or its data.split part when the source has splits."""
+def _read_records(cfg: PretrainConfig, run_dir: Path, progress: bool) -> tuple[list[Record], BadFiles]:
     from medssl.data.sources import load_source
 
     source = data_source(cfg, run_dir)
-    records, _ = load_source(source, progress=progress)
+    records, bad = load_source(source, skip_bad=cfg.data.skip_bad, progress=progress)
     split = cfg.data.split
     if split is not None and any(r.split for r in records):
         records = [r for r in records if r.split == split]
         if not records:
             raise MedsslError(f"{source}: no images in split {split!r}; set data.split to another split or null")
-    return records
+    return records, bad
+
+
+def load_records(cfg: PretrainConfig, run_dir: Path, progress: bool = False) -> list[Record]:
+    """The training records: the whole source, or its data.split part when the source has splits."""
+    return _read_records(cfg, Path(run_dir), progress)[0]
+
+
+def _check_batch(cfg: PretrainConfig, records: list[Record], source: Path) -> None:
+    n, b = len(records), cfg.data.batch_size
+    if b > n:
+        part = f" (split {cfg.data.split!r})" if cfg.data.split is not None and any(r.split for r in records) else ""
+        raise MedsslError(f"config: data.batch_size={b} is larger than the {n} training images{part} of {source}; "
+                          f"set data.batch_size to at most {n} or add images")
+
+
+def training_records(cfg: PretrainConfig, run_dir: Path, progress: bool = False) -> tuple[list[Record], BadFiles]:
+    """The training records and the unreadable files skipped (data.skip_bad); the batch size is checked against
+    the records before any image is decoded, and again after skipping."""
+    from medssl.data.sources import check_images
+
+    source = data_source(cfg, run_dir)
+    records, bad = _read_records(cfg, run_dir, progress)
+    _check_batch(cfg, records, source)
+    if cfg.data.skip_bad:
+        n = len(records)
+        records, more = check_images(records, skip_bad=True, progress=progress)
+        bad = bad + more
+        if not records:
+            raise MedsslError(f"{source}: none of its {n} training image(s) could be read (first: {more[0][1]})")
+        _check_batch(cfg, records, source)
+    return records, bad
+
+
+def _check_synthetic(cfg: PretrainConfig) -> None:
+    """Before writing the built-in data: a batch larger than every image those patients can have."""
+    d = cfg.data
+    most = MAX_SYNTHETIC_IMAGES * d.synthetic_patients
+    if d.source is None and d.batch_size > most:
+        raise MedsslError(f"config: data.batch_size={d.batch_size} is larger than the at most {most} images of "
+                          f"data.synthetic_patients={d.synthetic_patients} built-in patients; lower data.batch_size "
+                          "or raise data.synthetic_patients")
 
 
 def preprocess_of(cfg: PretrainConfig) -> Preprocess:
@@ -86,8 +140,10 @@ def run_spec(cfg: PretrainConfig, source: str) -> RunSpec:
                                                  "preprocess": preprocess_of(cfg).to_dict(), "trained_on": source})
 
 
-def check_run_dir(cfg: PretrainConfig, run_dir: Path, resume: bool) -> None:
-    """Refuse a non-empty folder that is not this run: never mix two runs' files, never overwrite a finished run."""
+def check_run_dir(run_dir: Path, resume: bool) -> None:
+    """Refuse a non-empty folder that is not a run: never mix two runs' files, never overwrite a run with
+    checkpoints. A folder of a run that ended before its first checkpoint (a bad value, an unreadable image, a
+    kill) holds only run files; any config may start again there."""
     if resume:
         if not run_dir.is_dir():
             raise MedsslError(f"{run_dir}: no such run folder to resume")
@@ -96,22 +152,94 @@ def check_run_dir(cfg: PretrainConfig, run_dir: Path, resume: bool) -> None:
         return
     if not run_dir.is_dir():
         raise MedsslError(f"{run_dir}: exists and is not a folder")
-    if not any(run_dir.iterdir()):
-        return
-    # a run of this very config killed before its first checkpoint may start again in place
-    same = (run_dir / CONFIG).is_file() and read_yaml(run_dir / CONFIG) == to_dict(cfg)
-    if same and not last_checkpoint(run_dir).exists():
-        return
-    why = "holds a run with checkpoints" if same else "is not empty and holds something else than this run"
-    raise MedsslError(f"{run_dir}: folder {why}; continue it with --resume {run_dir} or choose another --out")
+    names = {p.name for p in run_dir.iterdir()}
+    if last_checkpoint(run_dir).exists():
+        raise MedsslError(f"{run_dir}: folder holds a run with checkpoints; continue it with --resume {run_dir} "
+                          "or choose another --out")
+    if names - RUN_FILES:
+        raise MedsslError(f"{run_dir}: folder is not empty and holds something else than a pretraining run "
+                          f"({sorted(names - RUN_FILES)[0]}); choose another --out")
+
+
+def resume_baseline(run_dir: Path) -> tuple[dict[str, Any], int, bool]:
+    """(config, step, has_checkpoint) of what ran so far: the config in the last checkpoint, else config.yaml."""
+    path = last_checkpoint(run_dir)
+    if path.is_file():
+        ckpt = load_checkpoint(path, mmap=True)
+        if isinstance(ckpt.get("config"), dict):
+            try:  # as loading gives it today (defaults of newer keys filled in)
+                return to_dict(from_dict(ckpt["config"])), int(ckpt["step"]), True
+            except MedsslError:
+                return ckpt["config"], int(ckpt["step"]), True
+    try:
+        return to_dict(load_config(run_dir / CONFIG)), 0, path.is_file()
+    except MedsslError:
+        return read_yaml(run_dir / CONFIG), 0, path.is_file()
 
 
 def resume_config(run_dir: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> PretrainConfig:
-    """The config of the run to resume (RUN_DIR/config.yaml), with overrides such as train.steps=2000."""
-    path = Path(run_dir) / CONFIG
+    """The config of the run to resume (RUN_DIR/config.yaml), with overrides such as train.steps=2000.
+
+    A run with checkpoints takes only the overrides of config.RESUME_SAFE that keep its model and method."""
+    run_dir = Path(run_dir)
+    path = run_dir / CONFIG
     if not path.is_file():
         raise MedsslError(f"{run_dir}: not a pretraining run folder (no {CONFIG})")
-    return load_config(path, overrides)
+    base, _, trained = resume_baseline(run_dir)
+    try:
+        cfg = load_config(path, overrides)
+    except MedsslError:
+        if trained:  # e.g. method=byol with SimCLR's options: name the key the user typed, not what broke
+            given = flat(base)
+            typed = {".".join(k): v for k, v in map(parse_override, overrides)}
+            check_resume_changes({k: (given.get(k), v) for k, v in typed.items() if given.get(k) != v})
+        raise
+    if trained:
+        check_resume_changes(changes(base, cfg))
+    return cfg
+
+
+def _record_resume(cfg: PretrainConfig, run_dir: Path, base: dict[str, Any], step: int, trained: bool) -> None:
+    """Say what the resume changed and add it to resumes.yaml (config.yaml is then rewritten with it)."""
+    changed = changes(base, cfg)
+    if not trained:
+        print(f"{run_dir}: no checkpoint yet: starting from step 0", flush=True)
+    if not changed:
+        return
+    print("resume: applied " + ", ".join(f"{k}={show(new)} (was {show(old)})" for k, (old, new) in changed.items()),
+          flush=True)
+    path = run_dir / RESUMES
+    history = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
+    entry = {"step": step, "applied": {k: {"was": old, "now": new} for k, (old, new) in changed.items()}}
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(yaml.safe_dump([*(history or []), entry], sort_keys=False), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def prepare_run(cfg: PretrainConfig, run_dir: Path, resume: bool, progress: bool) -> tuple[list[Record], BadFiles]:
+    """Rank 0: the cheap checks, then the folder, config.yaml and the built-in data; the training records."""
+    check_run_dir(run_dir, resume)
+    resumed = resume_baseline(run_dir) if resume else None
+    if resumed is not None and resumed[2]:  # what ran so far had checkpoints: keep their model
+        check_resume_changes(changes(resumed[0], cfg))
+    found = None
+    if cfg.data.source is not None:
+        found = training_records(cfg, run_dir, progress)  # a manifest is read, not its images decoded
+    else:
+        _check_synthetic(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_data(cfg, run_dir, progress)
+    if found is None:
+        found = training_records(cfg, run_dir, progress)
+    if resumed is not None:
+        _record_resume(cfg, run_dir, *resumed)
+    save_config(cfg, run_dir / CONFIG)
+    bad = found[1]
+    if bad:
+        print(f"skipped {len(bad)} unreadable image(s):", file=sys.stderr)
+        for _, msg in bad:
+            print(f"  {msg}", file=sys.stderr)
+    return found
 
 
 def run_pretrain(config: PretrainConfig, run_dir: str | os.PathLike, *, resume: bool = False,
@@ -123,19 +251,17 @@ def run_pretrain(config: PretrainConfig, run_dir: str | os.PathLike, *, resume: 
     only the training loop in their workers.
     """
     run_dir = Path(run_dir)
+    if init is not None:
+        load_checkpoint(init, mmap=True)  # a missing or broken --init is named before any image is decoded
     fabric = make_fabric(config.train)
     multi = launch_script(fabric)  # with 'ddp', the other processes start here as copies of this command
     rank0 = fabric.global_rank == 0
     if rank0:
-        check_run_dir(config, run_dir, resume)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if resume and not last_checkpoint(run_dir).is_file():
-            print(f"{run_dir}: no checkpoint yet: starting from step 0", flush=True)
-        save_config(config, run_dir / CONFIG)
-        write_data(config, run_dir, progress)
+        records, bad = prepare_run(config, run_dir, resume, progress)
     if multi:
         fabric.barrier()  # the data exist before any process reads them
-    records = load_records(config, run_dir, progress=False)
+        if not rank0:
+            records, bad = training_records(config, run_dir)
     if rank0 and method(config.method).batch.partner and len({r.patient_id for r in records}) == len(records):
         print(f"note: every patient has a single image, so {config.method} pairs each image with itself "
               "(plain SimCLR)", flush=True)
@@ -146,7 +272,8 @@ def run_pretrain(config: PretrainConfig, run_dir: str | os.PathLike, *, resume: 
     spec = run_spec(config, str(config.data.source or "built-in synthetic chest radiographs"))
     result = fit(model, loader, spec, run_dir, resume=resume, init=init, progress=progress, fabric=fabric)
     metrics = {"method": config.method, "backbone": config.model.backbone, "images": len(records),
-               **result, "wall_seconds": time.perf_counter() - t0, "version": __version__}
+               "skipped": [{"path": p, "error": e} for p, e in bad], **result,
+               "wall_seconds": time.perf_counter() - t0, "version": __version__}
     if rank0:
         (run_dir / METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
