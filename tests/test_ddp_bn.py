@@ -7,20 +7,13 @@ The two-rank checks share one spawn: starting a process (torch, medssl) is most 
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import datetime
 import functools
 import math
-import os
-import tempfile
-import time
-from collections.abc import Callable, Iterator
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -28,39 +21,9 @@ from medssl.methods.byol import ema_update
 from medssl.methods.moco import MoCo, batch_shuffle, batch_unshuffle
 from medssl.models.sync_batchnorm import CPUSyncBatchNorm, convert_sync_batchnorm
 
-WORLD, BATCH, EPS = 2, 8, 1e-5  # BATCH: the global batch; each rank holds BATCH // WORLD rows
+from _ddp import WORLD, process_group, spawn
 
-
-def _store_path() -> str:
-    """A fresh file for gloo's FileStore rendezvous: no port to pick, so no race with another process for one."""
-    return os.path.join(tempfile.mkdtemp(prefix="medssl-ddp-"), "store")
-
-
-@contextlib.contextmanager
-def _process_group(rank: int, store: str) -> Iterator[None]:
-    """One thread per process (2 cores), a gloo group whose collectives time out rather than hang, and teardown."""
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD,
-                            timeout=datetime.timedelta(seconds=30))
-    try:
-        yield
-    finally:
-        dist.destroy_process_group()
-
-
-def _spawn(worker: Callable[..., None], timeout: float = 60.0) -> None:
-    """Run worker(rank, store) in WORLD spawned processes; re-raise a worker's failure; kill them all on timeout."""
-    ctx = mp.start_processes(worker, args=(_store_path(),), nprocs=WORLD, join=False, start_method="spawn")
-    deadline = time.monotonic() + timeout
-    try:
-        while not ctx.join(timeout=1.0):                    # raises ProcessRaisedException if a worker failed
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{worker.__name__} did not finish in {timeout:.0f} s")
-    finally:
-        for p in ctx.processes:
-            if p.is_alive():
-                p.kill()
-            p.join()
+BATCH, EPS = 8, 1e-5  # BATCH: the global batch; each rank holds BATCH // WORLD rows
 
 
 def _rows(rank: int) -> slice:
@@ -194,13 +157,13 @@ def _shuffle_bn_checks(rank: int) -> None:
 
 
 def _two_rank_worker(rank: int, store: str) -> None:
-    with _process_group(rank, store):
+    with process_group(rank, store):
         _sync_bn_checks(rank)
         _shuffle_bn_checks(rank)
 
 
 def test_two_ranks_sync_bn_equals_one_process_and_shuffle_bn_is_undone_exactly():
-    _spawn(_two_rank_worker)
+    spawn(_two_rank_worker)
 
 
 def test_moco_shuffle_bn_is_a_no_op_on_one_process():
@@ -220,25 +183,26 @@ class _ReportingMoCo(MoCo):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         synced = sum(isinstance(m, CPUSyncBatchNorm) for m in self.modules())
-        return {**super().forward(batch), "synced_bn": torch.tensor(float(synced))}
+        return {**super().forward(batch), "synced_bn": torch.tensor(float(synced)),
+                "threads": torch.tensor(float(torch.get_num_threads()))}
 
 
 def test_fit_with_sync_bn_on_two_spawned_processes_writes_a_checkpoint_that_loads_plainly(tmp_path):
-    """MoCo (ResNet-18, shuffle-BN on) 2 steps on 2 processes, fit fed as run_pretrain feeds it (run_pretrain's
-    launch_script calls fabric.launch() without a function, which ddp_spawn refuses)."""
+    """MoCo (ResNet-18, shuffle-BN on) 2 steps on 2 processes, fit fed as run_pretrain feeds it; with no
+    train.threads each process takes its share of the cores, not all of them."""
     import csv  # imported here, not at the top: spawned workers import this module, and start faster without them
 
     from medssl.checkpoint import load_checkpoint
     from medssl.config import load_config
     from medssl.inference import load_bundle
     from medssl.pretrain import load_records, make_loader, run_spec, write_data
-    from medssl.train import fit
+    from medssl.train import fit, process_threads
 
     cfg = load_config(None, ["method=moco", "data.size=16", "data.batch_size=8", "data.synthetic_patients=4",
                              "data.num_workers=0", "model.stem=small", "model.options.hidden_dim=32",
                              "model.options.queue_size=64", "train.epochs=null", "train.steps=2",
                              "train.log_every=1", "train.accelerator=cpu", "train.devices=2",
-                             "train.strategy=ddp_spawn", "train.threads=1", "train.sync_bn=true"])
+                             "train.strategy=ddp_spawn", "train.sync_bn=true"])
     run = tmp_path / "run"
     write_data(cfg, run, progress=False)
     records = load_records(cfg, run)
@@ -249,7 +213,9 @@ def test_fit_with_sync_bn_on_two_spawned_processes_writes_a_checkpoint_that_load
                   progress=False)
     assert metrics["steps"] == 2 and metrics["world_size"] == 2 and math.isfinite(metrics["final_loss"])
     with open(run / "log.csv", newline="") as f:
-        assert [float(r["synced_bn"]) for r in csv.DictReader(f)] == [bn_layers, bn_layers]
+        rows = list(csv.DictReader(f))
+    assert [float(r["synced_bn"]) for r in rows] == [bn_layers, bn_layers]
+    assert [float(r["threads"]) for r in rows] == [process_threads(cfg.train, 2)] * 2
     assert list(load_checkpoint(run)["model"]) == list(model.state_dict())   # a plain model's keys (the parent's)
     bundle = load_bundle(run)                               # a strict load into a plain-BatchNorm backbone
     assert not any(isinstance(m, CPUSyncBatchNorm) for m in bundle.model.modules())

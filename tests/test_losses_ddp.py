@@ -1,22 +1,15 @@
 """Two CPU processes (gloo) on two halves of a batch, gradients averaged as DDP does, equal one process on the
 joined batch: the cross-rank gather of nt_xent and clip_loss sends every rank its share of the gradient."""
 
-import socket
-
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
 from medssl.losses import clip_loss, concat_all_gather, nt_xent
 
-WORLD, BATCH = 2, 8
+from _ddp import WORLD, process_group, spawn
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+BATCH = 8
 
 
 def _ddp_loss_and_grads(loss_fn, enc: nn.Module, a: torch.Tensor, b: torch.Tensor, rank: int):
@@ -30,9 +23,8 @@ def _ddp_loss_and_grads(loss_fn, enc: nn.Module, a: torch.Tensor, b: torch.Tenso
     return loss, grads
 
 
-def _worker(rank: int, port: int) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
-    try:
+def _worker(rank: int, store: str) -> None:
+    with process_group(rank, store):
         torch.manual_seed(0)                                    # same encoder and data on both ranks
         enc = nn.Linear(8, 4)
         a, b = torch.randn(BATCH, 8), torch.randn(BATCH, 8)
@@ -52,9 +44,7 @@ def _worker(rank: int, port: int) -> None:
             assert (local - ref).abs() > 1e-3, name
         gathered = concat_all_gather(torch.full((2, 3), float(rank)))
         assert gathered[:, 0].tolist() == [0.0, 0.0, 1.0, 1.0]  # rank order
-    finally:
-        dist.destroy_process_group()
 
 
 def test_two_ranks_equal_one_process_on_the_joined_batch():
-    mp.spawn(_worker, args=(_free_port(),), nprocs=WORLD)      # raises if an assertion fails in a worker
+    spawn(_worker)                                          # raises if an assertion fails in a worker

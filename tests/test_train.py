@@ -298,3 +298,24 @@ def test_ddp_two_processes_equal_one_process_on_the_joined_batch(tmp_path):
         assert torch.allclose(w1[key], w2[key], atol=1e-6), key
     assert load_checkpoint(tmp_path / "two")["world_size"] == 2
     assert len(load_checkpoint(tmp_path / "two")["rng"]) == 2      # every rank's RNG state is kept
+
+
+def test_launch_script_leaves_a_spawned_strategy_to_fit():
+    """`medssl pretrain --set train.strategy=ddp_spawn` failed: fabric.launch() without a function, which a spawn
+    launcher refuses. Only a strategy whose processes are copies of the command is launched before the data."""
+    from medssl.runspec import TrainConfig
+    from medssl.train import launch_script, launched, make_fabric
+
+    fabric = make_fabric(TrainConfig(accelerator="cpu", devices=2, strategy="ddp_spawn"))
+    assert launch_script(fabric) is False and not launched(fabric)
+
+
+def test_each_process_takes_its_share_of_the_cores(monkeypatch):
+    from medssl.runspec import TrainConfig
+    from medssl.train import process_threads
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert process_threads(TrainConfig(), 2) == 1          # two DDP processes on two cores: one thread each
+    assert process_threads(TrainConfig(), 1) == 2
+    assert process_threads(TrainConfig(), 4) == 1          # never zero
+    assert process_threads(TrainConfig(threads=3), 2) == 3  # asked for: kept

@@ -34,7 +34,7 @@ from medssl.errors import MedsslError
 from medssl.methods import build_model, method
 from medssl.synthetic.builtin import builtin_source
 from medssl.runspec import RunSpec
-from medssl.train import fit, launch_script, make_fabric
+from medssl.train import fit, launch_script, make_fabric, release_process_group
 
 CONFIG = "config.yaml"
 METRICS = "metrics.json"
@@ -276,4 +276,6 @@ def run_pretrain(config: PretrainConfig, run_dir: str | os.PathLike, *, resume: 
                "wall_seconds": time.perf_counter() - t0, "version": __version__}
     if rank0:
         (run_dir / METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
+    if multi:
+        release_process_group()  # this process ends with the command: its group goes while the interpreter is whole
     return metrics

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import gc
 import math
+import os
 import random
 import sys
 import time
@@ -68,10 +70,34 @@ def launched(fabric: Fabric) -> bool:
 def launch_script(fabric: Fabric) -> bool:
     """Start the other processes now when they are copies of this command (strategy 'ddp', torchrun, SLURM);
     return whether processes exist (False for spawned strategies, which fit launches with the loop itself)."""
-    launcher = fabric.strategy.launcher
-    if launcher is not None and not launcher.is_interactive_compatible and not launched(fabric):
-        fabric.launch()
+    from lightning_fabric.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+
+    if isinstance(fabric.strategy.launcher, _SubprocessScriptLauncher) and not launched(fabric):
+        fabric.launch()  # ddp_spawn's launcher needs the function to run: fit gives it the loop
     return launched(fabric)
+
+
+def release_process_group() -> None:
+    """Destroy the default process group while the interpreter is whole, after freeing what still holds it.
+
+    DDP wrappers (their reducers) and the Work objects of finished collectives sit in reference cycles and keep a
+    gloo group alive after destroy_process_group; freed by the interpreter's last garbage collection, their
+    destructors join gloo's threads mid-teardown, and the process hangs there or aborts ("terminate called without
+    an active exception", SIGABRT), more often on a loaded machine. Collecting first frees them cleanly.
+    """
+    gc.collect()
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    gc.collect()
+
+
+def process_threads(train: TrainConfig, local_processes: int) -> int:
+    """Intra-op threads of one process: train.threads, else the machine's cores shared among this machine's
+    processes (two DDP processes on two cores get one thread each, not two: oversubscribed threads spin)."""
+    if train.threads:
+        return train.threads
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // max(1, local_processes))
 
 
 class _EarlyStop:
@@ -130,14 +156,24 @@ def fit(model: Trainable, make_loader: MakeLoader, run: RunSpec, run_dir: str | 
     args = (model, make_loader, run, Path(run_dir), resume, init, progress)
     if launched(fabric):
         return _worker(fabric, *args)
+    if fabric.world_size > 1:
+        return fabric.launch(_spawned_worker, *args)
     return fabric.launch(_worker, *args)
+
+
+def _spawned_worker(fabric: Fabric, *args: Any) -> dict[str, Any]:
+    """The loop in a process fit started: it ends with this function, so its process group goes first."""
+    try:
+        return _worker(fabric, *args)
+    finally:
+        release_process_group()
 
 
 def _worker(fabric: Fabric, model: Trainable, make_loader: MakeLoader, run: RunSpec, run_dir: Path, resume: bool,
             init: str | Path | None, progress: bool) -> dict[str, Any]:
     """The loop in one process (rank)."""
-    if run.train.threads:
-        torch.set_num_threads(run.train.threads)
+    if run.train.threads or (fabric.world_size > 1 and fabric.device.type == "cpu"):
+        torch.set_num_threads(process_threads(run.train, fabric.world_size // max(1, run.train.num_nodes)))
     loader = make_loader(fabric.global_rank, fabric.world_size)
     try:
         result = _Run(fabric, model, loader, run, run_dir, progress).run(resume, init)

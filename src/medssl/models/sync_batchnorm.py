@@ -76,7 +76,7 @@ class CPUSyncBatchNorm(_BatchNorm):
         c, n = x.shape[1], total[-1]
         mean = total[:c] / n
         var = (total[c:2 * c] / n - mean * mean).clamp_min(0)
-        return mean, var, float(n)
+        return mean, var, float(n.detach())  # a count: no gradient, and no autograd warning
 
     @torch.no_grad()
     def _update_running_stats(self, mean: Tensor, var: Tensor, count: float) -> None:
