@@ -244,19 +244,51 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command."""
-    p = argparse.ArgumentParser(prog="medssl", description="Label-efficient medical imaging.")
+    p = argparse.ArgumentParser(prog="medssl", description="Label-efficient medical imaging.",
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog="""examples:
+  medssl demo --out runs/demo
+      the whole pipeline on built-in synthetic chest radiographs -> runs/demo/report.html
+  medssl data info ../shared/data/pneumoniamnist_28.npz
+      what a data source holds: images, patients, views, labels, sizes, formats, modalities
+  medssl data index /data/dicom --skip-bad
+      walk a folder of images (PNG/JPEG/TIFF/DICOM/NIfTI) and write /data/dicom/manifest.csv
+  medssl pretrain --config configs/simclr.yaml --out runs/simclr
+      self-supervised pretraining (built-in synthetic data unless --data)
+  medssl evaluate --checkpoint runs/simclr --protocol linear,finetune --baseline scratch
+      label-efficiency evaluation against a network trained from scratch
+  medssl predict runs/simclr/evaluate/bundles/finetune.pt scan.dcm
+      class probabilities from a kept classifier
+
+`medssl COMMAND --help` lists a command's options.""")
     p.add_argument("--version", action="version", version=f"medssl {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="run the pipeline on built-in synthetic data, write an HTML run report")
-    demo.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
-    demo.add_argument("--patients", type=int, help="synthetic patients (default 200)")
-    demo.add_argument("--size", type=int, help="image side in pixels (default 32)")
-    demo.add_argument("--seed", type=int, help="data and training seed (default 0)")
-    demo.add_argument("--pretrain-steps", type=int, help="steps of each pretraining")
-    demo.add_argument("--finetune-steps", type=int, help="steps of each fine-tuning run")
-    demo.add_argument("--seeds", type=int, help="seeds of the label fractions (default 3)")
-    demo.add_argument("--fractions", type=_floats, help="label fractions (default 0.01,0.1,1)")
+    from medssl.pipeline import DemoSettings  # the defaults the help states are the ones the demo uses
+
+    d = DemoSettings()
+    fractions = ",".join(f"{f:g}" for f in d.fractions)
+    demo = sub.add_parser(
+        "demo", help="run the pipeline on built-in synthetic data, write an HTML run report",
+        description="Synthesise chest radiographs, pretrain SimCLR and MICLe, evaluate a linear probe and LP-FT\n"
+                    "fine-tuning at label fractions against a scratch baseline, predict, and write report.html.",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=f"""examples:
+  medssl demo
+      the default run ({d.patients} patients at {d.size} px, fractions {fractions}, {d.seeds} seeds) -> runs/demo
+  medssl demo --out runs/small --patients 40 --pretrain-steps 20 --finetune-steps 10 --seeds 1 --fractions 0.25,1
+      a smaller, faster run to try the tool (with 40 patients 1 % and 10 % of the labels would be the same images)
+  medssl demo --out runs/demo
+      again after a kill: finished stages are skipped, a pretraining resumes from its last checkpoint""")
+    demo.add_argument("--out", default="runs/demo", help="run folder; its finished stages are skipped "
+                      "(default runs/demo)")
+    demo.add_argument("--patients", type=int, help=f"synthetic patients, 20 or more (default {d.patients})")
+    demo.add_argument("--size", type=int, help=f"image side in pixels (default {d.size})")
+    demo.add_argument("--seed", type=int, help=f"data and training seed (default {d.seed})")
+    demo.add_argument("--pretrain-steps", type=int, help=f"steps of each pretraining (default {d.pretrain_steps})")
+    demo.add_argument("--finetune-steps", type=int, help=f"steps of each fine-tuning run "
+                      f"(default {d.finetune_steps})")
+    demo.add_argument("--seeds", type=int, help=f"seeds of the label fractions (default {d.seeds})")
+    demo.add_argument("--fractions", type=_floats, metavar="F,F,...", help=f"label fractions in (0, 1] "
+                      f"(default {fractions})")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=cmd_demo)
 
@@ -339,14 +371,14 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="synthesise, index, inspect and split data").add_subparsers(
         dest="data_command", required=True)
     synth = data.add_parser("synth", help="write synthetic chest radiographs, masks, reports and manifest.csv")
-    synth.add_argument("out")
-    synth.add_argument("--patients", type=int, default=100)
-    synth.add_argument("--size", type=int, default=64)
-    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("out", help="folder to write (new, empty, or an earlier synthetic output)")
+    synth.add_argument("--patients", type=int, default=100, help="patients, each with 1-3 studies (default 100)")
+    synth.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
+    synth.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
     synth.set_defaults(func=cmd_data_synth)
 
     index = data.add_parser("index", help="walk a folder of images (PNG/JPEG/TIFF/DICOM/NIfTI), write manifest.csv")
-    index.add_argument("dir")
+    index.add_argument("dir", help="folder of images, searched recursively")
     index.add_argument("--out", help="manifest path (default DIR/manifest.csv)")
     index.add_argument("--patients", help="CSV with path or filename + patient_id/study_id/view/labels/report")
     index.add_argument("--labels-from-folders", action="store_true", help="label = name of the image's folder")
@@ -363,8 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
     split.add_argument("--out", required=True, help="manifest to write")
     split.add_argument("--fractions", type=_floats, default=[0.7, 0.1, 0.2], help="train,val,test (default 0.7,0.1,0.2)")
     split.add_argument("--label-fractions", type=_floats, default=[], help="e.g. 0.01,0.1: nested training subsets")
-    split.add_argument("--seed", type=int, default=0)
-    split.add_argument("--no-stratify", action="store_true")
+    split.add_argument("--seed", type=int, default=0, help="split seed: same seed, same split (default 0)")
+    split.add_argument("--no-stratify", action="store_true", help="do not stratify on each patient's rarest label")
     split.add_argument("--keep-existing", action="store_true", help="keep splits the source already has (MedMNIST)")
     split.set_defaults(func=cmd_data_split)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -11,28 +12,49 @@ import matplotlib
 matplotlib.use("Agg")  # no screen on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 
 from medssl.data import io  # noqa: E402
 from medssl.data.records import Record  # noqa: E402
 from medssl.data.sources import read_record_image  # noqa: E402
 
 
-def montage(records: Sequence[Record], path: str | os.PathLike, n: int = 16, cols: int = 8) -> Path:
+TITLE_CHARS = 22  # per line at fontsize 6 on a 1.6-inch panel: neighbouring titles never meet
+TITLE_LINES = 4  # of labels; more end in " ..."
+
+
+def _title(record: Record) -> str:
+    """View on the first line, then the labels wrapped to TITLE_CHARS."""
+    labels = ", ".join(record.labels).replace("_", " ") or "unlabelled"
+    lines = textwrap.wrap(labels, TITLE_CHARS, max_lines=TITLE_LINES, placeholder=" ...")
+    return "\n".join(([record.view] if record.view else []) + lines)
+
+
+def montage_figure(records: Sequence[Record], n: int = 16, cols: int = 8) -> Figure:
     """A grid of the first n images titled with view and labels; mask outlines drawn in red where present."""
     chosen = list(records)[:n]
+    cols = max(1, min(cols, len(chosen)))
     rows = (len(chosen) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.6, rows * 1.9), squeeze=False)
+    titles = [_title(r) for r in chosen]
+    lines = max((t.count("\n") + 1 for t in titles), default=1)
+    # constrained layout reserves each row's tallest title (tight_layout let 3-line titles reach the row above)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.6, rows * (1.5 + 0.12 * lines)), squeeze=False,
+                             layout="constrained")
     for ax in axes.ravel():
         ax.axis("off")
-    for ax, r in zip(axes.ravel(), chosen):
+    for ax, r, title in zip(axes.ravel(), chosen, titles):
         ax.imshow(read_record_image(r), cmap="gray", vmin=0, vmax=1)
         if r.mask and Path(r.mask).is_file():
             mask = io.read_image(r.mask)[0] > 0
             if mask.any():
                 ax.contour(mask.astype(float), levels=[0.5], colors="red", linewidths=0.6)
-        title = ", ".join(r.labels).replace("_", " ") or "unlabelled"
-        ax.set_title(f"{r.view}\n{title}" if r.view else title, fontsize=6)
-    fig.tight_layout()
+        ax.set_title(title, fontsize=6)
+    return fig
+
+
+def montage(records: Sequence[Record], path: str | os.PathLike, n: int = 16, cols: int = 8) -> Path:
+    """montage_figure saved as a PNG."""
+    fig = montage_figure(records, n, cols)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)

@@ -1,10 +1,12 @@
-"""What is in a data source: counts, patients, studies, views, label balance per split, image sizes, reports."""
+"""What is in a data source: counts, patients, studies, views, label balance per split, image sizes, modalities,
+reports. Sizes, formats and modalities count images (a 181-slice NIfTI volume is 181 images), from file headers."""
 
 from __future__ import annotations
 
 import sys
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from statistics import median
 
 from tqdm import tqdm
@@ -15,30 +17,67 @@ from medssl.data.sources import BadFiles
 from medssl.data.splits import group_by_patient
 from medssl.errors import MedsslError
 
+SIZES_SHOWN = 10  # the terminal lists this many sizes and says how many more there are
 
-def image_sizes(records: Sequence[Record], limit: int = 2000, progress: bool = True) -> tuple[Counter, Counter, BadFiles]:
-    """(H x W counts, format counts, unreadable files) from the headers of up to `limit` distinct files."""
-    sizes: Counter = Counter()
-    formats: Counter = Counter()
-    bad: BadFiles = []
-    paths = list(dict.fromkeys(r.path for r in records))
-    for path in tqdm(paths[:limit], desc="reading headers", unit="file", disable=not progress or len(paths) < 200,
-                     file=sys.stderr):
+
+@dataclass
+class HeaderCounts:
+    """Images per size ('HxW'), format and modality, from the headers of the files read; the files that failed."""
+
+    sizes: Counter = field(default_factory=Counter)
+    formats: Counter = field(default_factory=Counter)
+    modalities: Counter = field(default_factory=Counter)
+    bad: BadFiles = field(default_factory=list)
+    files_read: int = 0  # distinct files whose header was tried
+    images: int = 0  # records in the files read without error
+
+
+def _npz_counts(path: str, recs: list[Record], counts: HeaderCounts) -> None:
+    arrays = io.read_npz(path)
+    sizes: Counter = Counter()  # added to counts only when every record of the file is found
+    for r in recs:
         try:
-            fmt = io.image_format(path)
-            if fmt == "npz":
-                arrays = io.read_npz(path)
-                for split, imgs in arrays.images.items():
-                    sizes[f"{imgs.shape[1]}x{imgs.shape[2]}"] += len(imgs)
-                formats["npz"] += sum(len(v) for v in arrays.images.values())
-                continue
-            header = io.read_header(path)
-            shape = header.get("shape") or ()
-            sizes["x".join(str(s) for s in shape[:2]) or "?"] += 1
-            formats[fmt or "?"] += 1
+            split, _ = arrays.locate(int(r.index or 0))
+        except IndexError:
+            raise MedsslError(f"{path}: index {r.index} is past the last of its {arrays.n_images} images") from None
+        shape = arrays.images[split].shape
+        sizes[f"{shape[1]}x{shape[2]}"] += 1
+    counts.sizes.update(sizes)
+    counts.formats["npz"] += len(recs)
+    counts.modalities["unknown"] += len(recs)
+
+
+def image_sizes(records: Sequence[Record], limit: int = 2000, progress: bool = True) -> HeaderCounts:
+    """Sizes, formats and modalities of the records in up to `limit` distinct files, from their headers."""
+    by_path: dict[str, list[Record]] = defaultdict(list)
+    for r in records:
+        by_path[r.path].append(r)
+    counts = HeaderCounts()
+    paths = list(by_path)[:limit]
+    counts.files_read = len(paths)
+    for path in tqdm(paths, desc="reading headers", unit="file", disable=not progress or len(paths) < 200,
+                     file=sys.stderr):
+        recs = by_path[path]
+        try:
+            if io.image_format(path) == "npz":
+                _npz_counts(path, recs, counts)
+            else:
+                header = io.read_header(path)
+                shape = header.get("shape") or ()
+                counts.sizes["x".join(str(s) for s in shape[:2]) or "?"] += len(recs)
+                counts.formats[header.get("format") or "?"] += len(recs)
+                counts.modalities[header.get("modality") or "unknown"] += len(recs)
         except MedsslError as e:
-            bad.append((path, str(e)))
-    return sizes, formats, bad
+            counts.bad.append((path, str(e)))
+            continue
+        counts.images += len(recs)
+    return counts
+
+
+def _ordered(counter: Counter, last: str = "unknown") -> dict[str, int]:
+    """Most common first (ties by name), `last` at the end."""
+    items = sorted(((k, v) for k, v in counter.items() if k != last), key=lambda kv: (-kv[1], kv[0]))
+    return dict(items + ([(last, counter[last])] if counter.get(last) else []))
 
 
 def summarize(records: Sequence[Record], *, progress: bool = True, header_limit: int = 2000) -> dict:
@@ -52,7 +91,7 @@ def summarize(records: Sequence[Record], *, progress: bool = True, header_limit:
         split: {name: sum(name in r.labels for r in records if (r.split or "unsplit") == split) for name in classes}
         for split in splits
     }
-    sizes, formats, bad = image_sizes(records, header_limit, progress)
+    headers = image_sizes(records, header_limit, progress)
     reports = [r.report for r in records if r.report]
     return {
         "images": len(records),
@@ -66,19 +105,37 @@ def summarize(records: Sequence[Record], *, progress: bool = True, header_limit:
         "multi_label": any(len(r.labels) > 1 for r in records),
         "label_counts": balance,
         "unlabelled": sum(not r.labels for r in records),
-        "image_sizes": dict(sizes.most_common(10)),
-        "formats": dict(formats),
-        "headers_read": min(len({r.path for r in records}), header_limit),
+        "image_sizes": _ordered(headers.sizes, "?"),  # every size; the terminal shows the first SIZES_SHOWN
+        "formats": _ordered(headers.formats, "?"),
+        "modalities": _ordered(headers.modalities),
+        "files": len({r.path for r in records}),
+        "headers_read": headers.files_read,
+        "images_with_header": headers.images,
         "reports": {"present": len(reports), "mean_words": round(sum(len(t.split()) for t in reports) / len(reports), 1)
                     if reports else 0},
         "masks": sum(bool(r.mask) for r in records),
-        "unreadable": [{"path": p, "error": e} for p, e in bad],
+        "unreadable": [{"path": p, "error": e} for p, e in headers.bad],
     }
+
+
+def _sizes_line(s: dict) -> str:
+    sizes = list(s["image_sizes"].items())
+    text = ", ".join(f"{k} ({v:,})" for k, v in sizes[:SIZES_SHOWN])
+    if len(sizes) > SIZES_SHOWN:
+        rest = sizes[SIZES_SHOWN:]
+        text += f", and {len(rest):,} more sizes ({sum(v for _, v in rest):,} images)"
+    if s["headers_read"] < s["files"]:
+        text += (f"   [from the headers of {s['headers_read']:,} of {s['files']:,} files "
+                 f"({s['images_with_header']:,} images)]")
+    return f"  sizes     {text}"
 
 
 def format_summary(s: dict, title: str) -> str:
     """The summary as a few aligned lines for the terminal."""
     ipp = s["images_per_patient"]
+    kinds = f"  formats   " + ", ".join(f"{k} {v:,}" for k, v in s["formats"].items())
+    if any(k != "unknown" for k in s["modalities"]):  # PNG, NIfTI and .npz headers hold no modality
+        kinds += f"   modality " + ", ".join(f"{k} {v:,}" for k, v in s["modalities"].items())
     lines = [
         f"{title}",
         f"  images    {s['images']:,}   patients {s['patients']:,}   studies {s['studies']:,}   "
@@ -86,8 +143,8 @@ def format_summary(s: dict, title: str) -> str:
         f"patients with 2+ images {s['patients_with_2plus_images']:,}",
         f"  views     " + ", ".join(f"{k} {v:,}" for k, v in s["views"].items()),
         f"  splits    " + ", ".join(f"{k} {v:,}" for k, v in s["splits"].items()),
-        f"  sizes     " + ", ".join(f"{k} ({v:,})" for k, v in s["image_sizes"].items())
-        + f"   formats " + ", ".join(f"{k} {v:,}" for k, v in s["formats"].items()),
+        _sizes_line(s),
+        kinds,
         f"  reports   {s['reports']['present']:,} present, {s['reports']['mean_words']} words on average;"
         f" masks {s['masks']:,}",
     ]
