@@ -184,9 +184,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                        segment_patience=args.segment_patience or None, keep_bundles=not args.no_bundles,
                        finetune_head=args.finetune_head, finetune_freeze_bn=args.finetune_bn == "frozen",
                        n_boot=args.n_boot, mask_encoding=args.mask_encoding, mask_classes=args.mask_classes,
-                       task=args.task, progress=not args.quiet)
+                       task=args.task, skip_bad=args.skip_bad, progress=not args.quiet)
     metrics = run_evaluate(opts)
     print((out / "results.md").read_text(), end="")
+    _print_bad([(s["path"], s["error"]) for s in metrics.get("skipped", [])])
     print(f"wrote {out / 'metrics.json'}, {out / 'results.md'} and {out / 'report.html'} "
           f"in {metrics['seconds']:.0f} s")
     for protocol, path in metrics.get("bundles", {}).items():
@@ -324,14 +325,26 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--out", help="output file (default RUN/backbone.<ext>)")
     exp.set_defaults(func=cmd_export)
 
-    ev = sub.add_parser("evaluate", help="linear probe, kNN and fine-tuning at label fractions vs a scratch baseline")
+    ev = sub.add_parser("evaluate", help="linear probe, kNN and fine-tuning at label fractions vs a scratch baseline",
+                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog="""examples:
+  medssl evaluate --checkpoint runs/simclr --seeds 3 --baseline scratch
+      linear probe, kNN and fine-tuning at 1 %, 10 % and 100 % of the labels of the built-in synthetic data,
+      against the same network fine-tuned from random initialisation
+  medssl evaluate --checkpoint runs/simclr --data labelled/manifest.csv --protocol linear,finetune \\
+      --fractions 0.1,1 --skip-bad --out runs/simclr/eval_mine
+      your labelled images (manifest with a split column, or a 70/10/20 patient-level split), past unreadable files
+  medssl evaluate --checkpoint runs/simclr --data masks/manifest.csv --protocol segment --mask-encoding binary
+      U-Net transfer on your 0/255 PNG masks (Dice)""")
     ev.add_argument("--checkpoint", required=True, help="pretraining run folder or checkpoint file")
     ev.add_argument("--data", help="labelled source: manifest .csv, folder, .npz (default: built-in synthetic data)")
     ev.add_argument("--protocol", type=_protocols, default=["linear", "knn", "finetune"],
                     help="comma-separated: linear, knn, finetune, segment (default linear,knn,finetune)")
     ev.add_argument("--fractions", type=_floats, default=[0.01, 0.1, 1.0], help="label fractions (default 0.01,0.1,1)")
-    ev.add_argument("--seeds", type=int, default=3)
-    ev.add_argument("--baseline", choices=["scratch"], default=None, help="also fine-tune from random initialisation")
+    ev.add_argument("--seeds", type=int, default=3, help="seeds: label-fraction draws and training runs per "
+                    "fraction; results are mean ± std over them (default 3)")
+    ev.add_argument("--baseline", choices=["scratch"], default=None,
+                    help="also train from random initialisation: fine-tuning (finetune, segment), or the same probe "
+                         "on a random backbone when only linear / knn run")
     ev.add_argument("--finetune-steps", type=int, default=None, help="budget of each fine-tuning run (default 300)")
     ev.add_argument("--finetune-epochs", type=int, default=None, help="budget in passes over the labelled subset "
                     "instead of steps")
@@ -359,6 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "column; 'foreground' for binary masks)")
     ev.add_argument("--task", choices=["binary", "multiclass", "multilabel"], help="default: inferred from labels")
     ev.add_argument("--out", help="results folder (default CHECKPOINT_RUN/evaluate)")
+    ev.add_argument("--skip-bad", action="store_true", help="go on past unreadable images and list them")
     ev.add_argument("--quiet", action="store_true", help="no progress bars")
     ev.set_defaults(func=cmd_evaluate)
 

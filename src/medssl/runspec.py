@@ -82,3 +82,5 @@ class RunSpec:
     validation: Validation | None = None
     keep_checkpoints: bool = True
     record: dict[str, Any] = dataclasses.field(default_factory=dict)
+    label: str = "pretrain"  # what fit's progress bar (steps, rate, ETA) is called
+    transient: bool = False  # the bar goes when the run ends: a run inside a larger command (an evaluation's)

@@ -266,8 +266,8 @@ class _Run:
         self._restore(resume, init)
         first, t0 = self.step, time.perf_counter()
         self.images, self.window = 0, (time.perf_counter(), 0)
-        bar = tqdm(total=self.total, initial=self.step, desc="pretrain", unit="step", disable=not self.progress,
-                   file=sys.stderr, dynamic_ncols=True)
+        bar = tqdm(total=self.total, initial=self.step, desc=self.spec.label, unit="step", disable=not self.progress,
+                   leave=not self.spec.transient, file=sys.stderr, dynamic_ncols=True)
         self.model.train()
         if self.early is not None and self.early.v.at_start and self.step == 0 and not self.early.curve:
             self._validate()

@@ -19,6 +19,7 @@ from medssl.errors import MedsslError
 from medssl.evaluate.metrics import (
     aggregate_runs,
     bootstrap_ci,
+    bootstrap_intervals,
     bootstrap_samples,
     classification_metrics,
     embedding_quality,
@@ -273,9 +274,12 @@ def test_undefined_resamples_are_skipped_and_counted():
     samples = bootstrap_samples(y, s, BINARY, groups, ("roc_auc_macro",), n_boot=200, seed=0)
     w = patient_resample_weights(groups, 200, np.random.default_rng(0))
     assert np.isnan(samples["roc_auc_macro"]).sum() == (w[:, 5] == 0).sum() > 0  # exactly the draws missing 'f'
-    with pytest.warns(UserWarning, match=f"undefined on {(w[:, 5] == 0).sum()} of 200"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                         # the count is in the result, not a warning
+        iv = bootstrap_intervals(y, s, BINARY, groups, ("roc_auc_macro",), n_boot=200, seed=0)["roc_auc_macro"]
         ci = bootstrap_ci(y, s, BINARY, groups, ("roc_auc_macro",), n_boot=200, seed=0)
-    assert ci["roc_auc_macro"] == (1.0, 1.0)                   # perfectly ranked whenever defined
+    assert (iv.resamples, iv.n_boot) == (200 - (w[:, 5] == 0).sum(), 200)
+    assert ci["roc_auc_macro"] == (iv.low, iv.high) == (1.0, 1.0)   # perfectly ranked whenever defined
 
 
 def test_bootstrap_rejects_unknown_metric_and_bad_groups():

@@ -73,14 +73,14 @@ class FinetuneConfig:
         return self
 
 
-def _run_spec(cfg: FinetuneConfig, validation: Validation) -> RunSpec:
+def _run_spec(cfg: FinetuneConfig, validation: Validation, label: str) -> RunSpec:
     """fit's RunSpec: one process, full precision, a checkpoint only at the end, validation as given."""
     optim = OptimConfig(name="adamw", lr=cfg.lr, weight_decay=cfg.weight_decay,
                         warmup_steps=min(cfg.warmup_steps, cfg.steps or cfg.warmup_steps))
     train = TrainConfig(steps=cfg.steps, epochs=cfg.epochs, seed=cfg.seed, log_every=cfg.val_every,
                         checkpoint_every=10**9)
     return RunSpec(train.validate(), optim.validate(), validation, cfg.keep_checkpoints,
-                   record={"finetune": dataclasses.asdict(cfg)})
+                   record={"finetune": dataclasses.asdict(cfg)}, label=label, transient=True)
 
 
 def _image_dataset(images: Tensor) -> ImageDataset:
@@ -103,8 +103,8 @@ def _val_score(model: Classifier, images: Tensor, y: np.ndarray, preprocess: Pre
 
 def finetune(backbone: nn.Module, train_images: Tensor, y_train: np.ndarray, val_images: Tensor,
              y_val: np.ndarray, task: Task, cfg: FinetuneConfig, run_dir: str | Path, progress: bool = False,
-             head: tuple[np.ndarray, np.ndarray] | None = None,
-             preprocess: Preprocess | None = None) -> tuple[Classifier, dict[str, Any]]:
+             head: tuple[np.ndarray, np.ndarray] | None = None, preprocess: Preprocess | None = None,
+             desc: str = "fine-tune") -> tuple[Classifier, dict[str, Any]]:
     """Fine-tune a COPY of the backbone with a new linear head; return the best-validation Classifier (eval mode)
     and its history {best_step, best_val_auc, best_val, val_metric, steps, stopped_early, val_curve, seconds}.
 
@@ -113,6 +113,7 @@ def finetune(backbone: nn.Module, train_images: Tensor, y_train: np.ndarray, val
     a random head whose large early gradients flow into the backbone. The starting model is then scored at step 0,
     so the result is never worse on validation than the probe it started from. None: a seeded random head.
     preprocess: the model input (size, channels); default: the stored images' side, one channel.
+    progress: a transient bar of the optimiser steps (rate, ETA) named `desc`.
     """
     t0 = time.perf_counter()
     cfg.validate()
@@ -137,9 +138,9 @@ def finetune(backbone: nn.Module, train_images: Tensor, y_train: np.ndarray, val
                                         world_size=world_size, channels=preprocess.channels, targets=y_train),
                            cfg.num_workers)
 
-    score = functools.partial(_val_score, images=val_images, y=y_val, preprocess=preprocess)
-    validation = Validation(score, cfg.val_every, cfg.patience, at_start=head is not None)
-    metrics = fit(model, make_loader, _run_spec(cfg, validation), run_dir, progress=progress)
+    score = functools.partial(_val_score, model, images=val_images, y=y_val, preprocess=preprocess)
+    validation = Validation(lambda _: score(), cfg.val_every, cfg.patience, at_start=head is not None)
+    metrics = fit(model, make_loader, _run_spec(cfg, validation, desc), run_dir, progress=progress)
     best = metrics["best_val"] if math.isfinite(metrics["best_val"]) else math.nan  # -inf: no score was a number
     on_auc = auc_defined(y_val, task)
     history = {"best_step": metrics["best_step"], "best_val_auc": best if on_auc else math.nan,

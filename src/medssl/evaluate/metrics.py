@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 from sklearn.metrics import (
@@ -257,13 +258,23 @@ def bootstrap_samples(y: np.ndarray, scores: np.ndarray, task: Task, groups: Seq
     return {m: np.concatenate(v) for m, v in values.items()}
 
 
-def bootstrap_ci(y: np.ndarray, scores: np.ndarray, task: Task, groups: Sequence[str],
-                 metrics: Sequence[str] = ("roc_auc_macro", "accuracy"), n_boot: int = 1000, alpha: float = 0.05,
-                 seed: int = 0, threshold: float = 0.5) -> dict[str, tuple[float, float]]:
+class Interval(NamedTuple):
+    """A percentile bootstrap interval and how many resamples it came from (those where the metric is defined)."""
+
+    low: float
+    high: float
+    resamples: int  # resamples the metric was defined on
+    n_boot: int  # resamples drawn
+
+
+def bootstrap_intervals(y: np.ndarray, scores: np.ndarray, task: Task, groups: Sequence[str],
+                        metrics: Sequence[str] = ("roc_auc_macro", "accuracy"), n_boot: int = 1000,
+                        alpha: float = 0.05, seed: int = 0, threshold: float = 0.5) -> dict[str, Interval]:
     """Percentile bootstrap (1 - alpha) interval per metric, resampling patients (groups), not images.
 
-    Resamples where a metric is undefined (e.g. AUC with one class drawn) are skipped, with a warning giving
-    the count; (NaN, NaN) when none is left.
+    Resamples where a metric is undefined (e.g. AUC with one class drawn) are left out; `resamples` counts the
+    ones kept, so a report can say "CI from 61 of 100 resamples". (NaN, NaN) when none is left. No warning: the
+    count is part of the result.
     """
     if not 0 < alpha < 1:
         raise MedsslError(f"alpha must lie in (0, 1), got {alpha}")
@@ -271,12 +282,17 @@ def bootstrap_ci(y: np.ndarray, scores: np.ndarray, task: Task, groups: Sequence
     out = {}
     for m, v in samples.items():
         kept = v[~np.isnan(v)]
-        if kept.size < v.size:
-            warnings.warn(f"bootstrap: {m} undefined on {v.size - kept.size} of {v.size} resamples (skipped)",
-                          stacklevel=2)
         lo, hi = np.percentile(kept, [50 * alpha, 100 - 50 * alpha]) if kept.size else (math.nan, math.nan)
-        out[m] = (float(lo), float(hi))
+        out[m] = Interval(float(lo), float(hi), int(kept.size), int(v.size))
     return out
+
+
+def bootstrap_ci(y: np.ndarray, scores: np.ndarray, task: Task, groups: Sequence[str],
+                 metrics: Sequence[str] = ("roc_auc_macro", "accuracy"), n_boot: int = 1000, alpha: float = 0.05,
+                 seed: int = 0, threshold: float = 0.5) -> dict[str, tuple[float, float]]:
+    """The bounds (low, high) of bootstrap_intervals per metric (which also says how many resamples each used)."""
+    return {m: (iv.low, iv.high) for m, iv in
+            bootstrap_intervals(y, scores, task, groups, metrics, n_boot, alpha, seed, threshold).items()}
 
 
 def embedding_quality(features: np.ndarray, labels: np.ndarray, max_points: int = 5000, seed: int = 0) -> dict:

@@ -29,6 +29,7 @@ from medssl.data.tasks import Task
 
 DPI = 120
 MAX_CAM_IMAGES = 8
+TSNE_MIN_POINTS = 5
 METRIC_NAMES = {
     "roc_auc_macro": "ROC-AUC (macro)", "accuracy": "accuracy", "balanced_accuracy": "balanced accuracy",
     "f1_macro": "F1 (macro)", "precision_macro": "precision (macro)", "recall_macro": "recall (macro)",
@@ -88,7 +89,8 @@ def label_efficiency_plot(curves: dict[str, dict[float, dict]], path: str | os.P
     ax.xaxis.set_major_formatter(FuncFormatter(_percent))
     ax.xaxis.set_minor_locator(NullLocator())
     ax.set_xlabel("labelled training images")
-    ax.set_ylabel(f"{name} (mean ± std over seeds)")
+    one_seed = all(_point(p, metric).get("n") == 1 for points in curves.values() for p in points.values())
+    ax.set_ylabel(f"{name} (one seed)" if one_seed else f"{name} (mean ± std over seeds)")
     ax.set_title(title or f"Label efficiency: {name}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
@@ -196,8 +198,8 @@ def tsne_plot(features: np.ndarray, labels: Sequence[str], path: str | os.PathLi
     labels = np.asarray([str(label) for label in labels])
     if features.ndim != 2 or labels.shape != (len(features),):
         raise MedsslError(f"need features (N, D) and one label per row, got {features.shape} and {len(labels)} labels")
-    if len(features) < 5:
-        raise MedsslError(f"t-SNE needs at least 5 points, got {len(features)}")
+    if len(features) < TSNE_MIN_POINTS:
+        raise MedsslError(f"t-SNE needs at least {TSNE_MIN_POINTS} points, got {len(features)}")
     if len(features) > max_points:
         keep = np.sort(np.random.default_rng(seed).choice(len(features), max_points, replace=False))
         features, labels = features[keep], labels[keep]

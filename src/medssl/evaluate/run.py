@@ -3,7 +3,8 @@
 For every seed and label fraction (patient-level, stratified, nested subsets of the training split, identical for
 every protocol), each protocol fits on the subset, picks what it picks on the validation split and is scored on
 the test split: linear probe and kNN on frozen features, fine-tuning end to end, and the same fine-tuning from
-random initialisation (the supervised baseline, same fractions and budget). Every number is reported as mean and
+random initialisation (the supervised baseline, same fractions and budget; without fine-tuning, the baseline of
+the probe and kNN is the same protocol on a randomly initialised backbone). Every number is reported as mean and
 standard deviation over seeds, with a 95 % patient-level bootstrap CI for each run.
 """
 
@@ -22,12 +23,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from medssl.data.datasets import ImageDataset
-from medssl.data.preprocess import Preprocess
-from medssl.data.records import Record
-from medssl.data.splits import assign_splits, by_split, label_fraction
-from medssl.data.tasks import Task, make_task, targets, task_probabilities
+from medssl.data.tasks import Task, task_probabilities
 from medssl.errors import MedsslError
+from medssl.evaluate.checks import percent
+from medssl.evaluate.data import EvalData, builtin_data, decode_data, plan_source
 from medssl.inference import Bundle, load_bundle, predict_logits, save_bundle
 from medssl.models.classifier import Classifier
 from medssl.models.factory import ModelSpec, build_backbone
@@ -62,8 +61,26 @@ class EvalOptions:
     mask_classes: tuple[str, ...] | None = None  # None: the manifest's mask_classes column ("foreground" if binary)
     n_boot: int = 1000
     task: str | None = None
+    skip_bad: bool = False  # go on past unreadable images, list them (else the first ends the run, named)
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def classifies(self) -> bool:
+        """Whether a classification protocol runs (segmentation alone does not score labels)."""
+        return any(p != "segment" for p in self.protocols)
+
+    @property
+    def trains(self) -> bool:
+        """Whether a protocol trains a network on the label fractions (fine-tuning, segmentation)."""
+        return any(p in ("finetune", "segment") for p in self.protocols)
+
+    @property
+    def frozen_baseline(self) -> bool:
+        """Whether the scratch baseline of classification is a probe on a random backbone: no fine-tuning runs
+        (which would carry the supervised baseline) but a linear probe or kNN does."""
+        return (self.baseline == "scratch" and "finetune" not in self.protocols
+                and any(p in ("linear", "knn") for p in self.protocols))
 
     def validate(self) -> "EvalOptions":
         """Raise MedsslError naming the first bad value."""
@@ -97,70 +114,23 @@ class EvalOptions:
         return self
 
 
-@dataclass
-class EvalData:
-    """Records split by patient, their decoded images and targets."""
-
-    splits: dict[str, list[Record]]
-    images: dict[str, torch.Tensor]
-    y: dict[str, np.ndarray]
-    task: Task
-    size: int
-    source: str = ""
-
-
 def fresh_backbone(spec: ModelSpec, seed: int) -> nn.Module:
     """The same architecture as the pretrained backbone, randomly initialised (the supervised baseline)."""
     torch.manual_seed(seed)
     return build_backbone(spec.bare())
 
 
-def load_eval_data(opts: EvalOptions, preprocess: Preprocess, pretrained: dict[str, Any] | None = None) -> EvalData:
-    """Records (the source's own splits, else a seeded patient-level 70/10/20 split), images and targets.
-
-    Without opts.data: the built-in synthetic set with the pretraining run's own parameters (pretrained: its
-    config's data section), so that val / test are the patients its pretraining never saw."""
-    from medssl.data.sources import load_source
-    from medssl.synthetic.builtin import BUILTIN_PATIENTS, BUILTIN_SEED, builtin_source
-
-    source = opts.data
-    if source is None:
-        d = pretrained or {}
-        source = builtin_source(opts.out / "data", size=preprocess.size, progress=opts.progress,
-                                patients=int(d.get("synthetic_patients", BUILTIN_PATIENTS)),
-                                seed=int(d.get("synthetic_seed", BUILTIN_SEED)))
-    records, _ = load_source(source, progress=opts.progress)
-    records = [r for r in records if r.labels]
-    if not records:
-        raise MedsslError(f"{source}: no labelled images: evaluation needs labels")
-    if not all(r.split for r in records):
-        records = assign_splits(records, (0.7, 0.1, 0.2), seed=0)
-    splits = by_split(records)
-    for name in ("train", "val", "test"):
-        if not splits.get(name):
-            raise MedsslError(f"{source}: the {name} split is empty")
-    task = make_task(splits["train"], opts.task)
-    images, y = {}, {}
-    for name in ("train", "val", "test"):
-        images[name] = ImageDataset(splits[name], preprocess, progress=opts.progress).images  # (N, 1, S, S) uint8
-        y[name] = targets(splits[name], task)
-    return EvalData(splits, images, y, task, preprocess.size, str(source))
-
-
-def subset_index(train: Sequence[Record], fraction: float, seed: int) -> np.ndarray:
-    """Row numbers (into the training split) of the label fraction for a seed."""
-    keep = {r.key for r in label_fraction(train, fraction, seed)}
-    return np.array([i for i, r in enumerate(train) if r.key in keep], dtype=np.int64)
-
-
 def score_run(y: np.ndarray, scores: np.ndarray, task: Task, groups: Sequence[str], n_boot: int,
               seed: int) -> dict[str, Any]:
     """Metrics of one run with patient-level bootstrap CIs of the headline metrics."""
-    from medssl.evaluate.metrics import bootstrap_ci, classification_metrics
+    from medssl.evaluate.metrics import bootstrap_intervals, classification_metrics
 
     m = classification_metrics(y, scores, task)
-    ci = bootstrap_ci(y, scores, task, groups, metrics=("roc_auc_macro", "accuracy"), n_boot=n_boot, seed=seed)
-    m["ci95"] = {k: [float(a), float(b)] for k, (a, b) in ci.items()}
+    ci = bootstrap_intervals(y, scores, task, groups, metrics=("roc_auc_macro", "accuracy"), n_boot=n_boot,
+                             seed=seed)
+    m["ci95"] = {k: [iv.low, iv.high] for k, iv in ci.items()}
+    # resamples where the metric was defined (an AUC needs both classes drawn): "CI from 61 of 100 resamples"
+    m["bootstrap"] = {"n_boot": n_boot, "resamples": {k: iv.resamples for k, iv in ci.items()}}
     return m
 
 
@@ -175,19 +145,31 @@ class Evaluation:
         self.artefacts: dict[str, Any] = {}
         self.best: dict[str, tuple[float, Classifier, dict[str, Any]]] = {}  # protocol -> best on validation
         self.features: dict[str, np.ndarray] = {}
-        self.probes: dict[tuple[float, int], Any] = {}  # (fraction, seed) -> ProbeResult, shared by LP-FT
+        self.random_features: dict[int, dict[str, np.ndarray]] = {}  # seed -> features of a random backbone
+        self.probes: dict[tuple[float, int, bool], Any] = {}  # (fraction, seed, random) -> ProbeResult
 
-    def frozen_features(self) -> dict[str, np.ndarray]:
-        """Features of every split from the frozen backbone, checked to leave the backbone untouched."""
-        if not self.features:
-            from medssl.evaluate.features import extract_features
-            from medssl.evaluate.probe import backbone_fingerprint, sanity_check
+    def frozen_features(self, random_seed: int | None = None) -> dict[str, np.ndarray]:
+        """Features of every split from the frozen pretrained backbone or (random_seed given) from a randomly
+        initialised one, the frozen-feature baseline; each checked to leave its backbone untouched."""
+        if random_seed is None:
+            if not self.features:
+                self.features = self._features(self.backbone, "pretrained")
+            return self.features
+        if random_seed not in self.random_features:  # jobs run seed by seed: keep one seed's features only
+            self.random_features = {random_seed: self._features(fresh_backbone(self.spec, random_seed),
+                                                                f"random init s{random_seed}")}
+        return self.random_features[random_seed]
 
-            before = backbone_fingerprint(self.backbone)
-            self.features = {k: extract_features(self.backbone, v, self.preprocess)
-                             for k, v in self.data.images.items()}
-            sanity_check(self.backbone, before)
-        return self.features
+    def _features(self, backbone: nn.Module, name: str) -> dict[str, np.ndarray]:
+        from medssl.evaluate.features import extract_features, feature_bar
+        from medssl.evaluate.probe import backbone_fingerprint, sanity_check
+
+        images = self.data.images
+        before = backbone_fingerprint(backbone)
+        with feature_bar(sum(len(v) for v in images.values()), f"features ({name})", self.opts.progress) as bar:
+            out = {k: extract_features(backbone, v, self.preprocess, bar=bar) for k, v in images.items()}
+        sanity_check(backbone, before)
+        return out
 
     def _record(self, protocol: str, fraction: float, seed: int, scores: np.ndarray, extra: dict) -> None:
         d = self.data
@@ -198,21 +180,25 @@ class Evaluation:
         if seed == 0:
             self.artefacts.setdefault("scores", {})[key] = scores
 
-    def probe(self, fraction: float, seed: int, idx: np.ndarray) -> Any:
+    def probe(self, fraction: float, seed: int, idx: np.ndarray, random: bool = False) -> Any:
         """The linear probe (ProbeResult) of a fraction and seed, fitted once: logistic regression on frozen
-        features, C chosen on the validation split."""
+        features (random: of the seed's randomly initialised backbone), C chosen on the validation split."""
         from medssl.evaluate.probe import linear_probe
 
-        if (fraction, seed) not in self.probes:
-            f, d = self.frozen_features(), self.data
-            self.probes[(fraction, seed)] = linear_probe(f["train"][idx], d.y["train"][idx], f["val"], d.y["val"],
-                                                         f["test"], d.task, seed=seed)
-        return self.probes[(fraction, seed)]
+        key = (fraction, seed, random)
+        if key not in self.probes:
+            f, d = self.frozen_features(seed if random else None), self.data
+            self.probes[key] = linear_probe(f["train"][idx], d.y["train"][idx], f["val"], d.y["val"], f["test"],
+                                            d.task, seed=seed)
+        return self.probes[key]
 
-    def run_linear(self, fraction: float, seed: int, idx: np.ndarray) -> None:
-        """Logistic regression on frozen features; C chosen on the validation split."""
-        res = self.probe(fraction, seed, idx)
-        self._record("linear", fraction, seed, res.scores, {"C": res.C})
+    def run_linear(self, fraction: float, seed: int, idx: np.ndarray, random: bool = False) -> None:
+        """Logistic regression on frozen features; C chosen on the validation split. random: the baseline on a
+        randomly initialised backbone ("linear_scratch"), kept as no bundle."""
+        res = self.probe(fraction, seed, idx, random)
+        self._record("linear_scratch" if random else "linear", fraction, seed, res.scores, {"C": res.C})
+        if random:
+            return
         if seed == 0 and fraction == max(self.opts.fractions):
             self.artefacts["probe"] = res
         if self.opts.keep_bundles:
@@ -235,12 +221,13 @@ class Evaluation:
                 "test_metrics": {k: run.get(k) for k in HEADLINE}}
         self.best[protocol] = (val, model if isinstance(model, Classifier) else model(), meta)
 
-    def run_knn(self, fraction: float, seed: int, idx: np.ndarray) -> None:
-        """Cosine kNN on frozen features."""
+    def run_knn(self, fraction: float, seed: int, idx: np.ndarray, random: bool = False) -> None:
+        """Cosine kNN on frozen features (random: of a randomly initialised backbone, "knn_scratch")."""
         from medssl.evaluate.probe import knn_scores
 
-        f, d = self.frozen_features(), self.data
-        self._record("knn", fraction, seed, knn_scores(f["train"][idx], d.y["train"][idx], f["test"], d.task), {})
+        f, d = self.frozen_features(seed if random else None), self.data
+        self._record("knn_scratch" if random else "knn", fraction, seed,
+                     knn_scores(f["train"][idx], d.y["train"][idx], f["test"], d.task), {})
 
     def run_finetune(self, fraction: float, seed: int, idx: np.ndarray, scratch: bool) -> None:
         """End-to-end fine-tuning (through train.fit, early stopping on validation AUC); scratch = baseline."""
@@ -261,7 +248,8 @@ class Evaluation:
             res = self.probe(fraction, seed, idx)
             head = (res.weight, res.bias)
         model, history = finetune(backbone, d.images["train"][idx], d.y["train"][idx], d.images["val"], d.y["val"],
-                                  d.task, cfg, run_dir, progress=False, head=head, preprocess=self.preprocess)
+                                  d.task, cfg, run_dir, progress=o.progress, head=head, preprocess=self.preprocess,
+                                  desc=f"{name} {percent(fraction)} s{seed}")
         scores = task_probabilities(predict_logits(model, d.images["test"], self.preprocess), d.task)
         self._record(name, fraction, seed, scores,
                      {"best_step": history.get("best_step"), "best_val_auc": history.get("best_val_auc")})
@@ -297,7 +285,8 @@ class Evaluation:
                             seed=seed, backbone_lr_scale=1.0 if scratch else 0.1)
         run_dir = o.out / "segment" / f"{name}_f{fraction:g}_s{seed}"
         res = segment_transfer(backbone, d.images["train"][idx], masks["train"][idx], d.images["val"], masks["val"],
-                               d.images["test"], masks["test"], cfg, run_dir, classes=spec.classes)
+                               d.images["test"], masks["test"], cfg, run_dir, classes=spec.classes,
+                               progress=o.progress, desc=f"{name} {percent(fraction)} s{seed}")
         self.runs.append({"protocol": name, "fraction": fraction, "seed": seed, "classes": list(spec.classes),
                           "mask_encoding": spec.encoding, **res})
 
@@ -307,12 +296,15 @@ class Evaluation:
         if "segment" in o.protocols:  # cheap checks first: read every mask before any training
             self.masks()
         jobs = [(p, f, s) for s in range(o.seeds) for f in o.fractions for p in o.protocols]
-        for p, f, s in tqdm(jobs, desc="evaluate", unit="run", disable=not o.progress, file=sys.stderr):
-            idx = subset_index(self.data.splits["train"], f, s)
-            if p == "linear":
-                self.run_linear(f, s, idx)
-            elif p == "knn":
-                self.run_knn(f, s, idx)
+        bar = tqdm(jobs, desc="evaluate", unit="run", disable=not o.progress, file=sys.stderr, dynamic_ncols=True)
+        for p, f, s in bar:
+            bar.set_postfix_str(f"{p} {percent(f)} seed {s}")
+            idx = self.data.subsets[(f, s)]
+            if p in ("linear", "knn"):
+                run_frozen = self.run_linear if p == "linear" else self.run_knn
+                run_frozen(f, s, idx)
+                if o.frozen_baseline:
+                    run_frozen(f, s, idx, random=True)
             elif p in ("finetune", "segment"):
                 run = self.run_finetune if p == "finetune" else self.run_segment
                 run(f, s, idx, scratch=False)
@@ -335,16 +327,27 @@ def summarise_runs(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[s
 
 
 def run_evaluate(opts: EvalOptions) -> dict[str, Any]:
-    """Load, run every protocol, write metrics.json, results.md, plots and report.html into opts.out."""
+    """Check, load, run every protocol, write metrics.json, results.md, plots and report.html into opts.out.
+
+    Cheap things first: the options, then (for --data) the records, splits, classes and label fractions, then
+    the checkpoint, and only then are images decoded and anything trained. Notes on the data are said once here
+    (stderr), before any training, and kept for the results."""
     from medssl.evaluate.outputs import write_outputs
 
     opts.validate()
     t0 = time.perf_counter()
+    plan = plan_source(opts, opts.data) if opts.data is not None else None
     pretrained = load_bundle(opts.checkpoint)
     if pretrained.is_classifier:
         raise MedsslError(f"{opts.checkpoint}: is a classifier bundle; evaluate takes a pretraining run or checkpoint")
     opts.out.mkdir(parents=True, exist_ok=True)
-    data = load_eval_data(opts, pretrained.preprocess, pretrained.meta.get("config", {}).get("data"))
+    if plan is None:
+        source = builtin_data(opts, pretrained.preprocess, pretrained.meta.get("config", {}).get("data"))
+        plan = plan_source(opts, source)
+    plan.size = pretrained.preprocess.size
+    data = decode_data(opts, plan, pretrained.preprocess)
+    for note in data.notes:
+        tqdm.write(f"note: {note}", file=sys.stderr)
     ev = Evaluation(opts, pretrained, data)
     ev.run()
     summary = summarise_runs(ev.runs)

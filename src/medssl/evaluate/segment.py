@@ -237,23 +237,24 @@ def _val_dice(model: nn.Module, images: Tensor, masks: Tensor) -> float:
     return dice_scores(predict_masks(model, images), masks.numpy())["dice_macro"]  # type: ignore[arg-type]
 
 
-def _run_spec(cfg: SegmentConfig, validation: Validation | None) -> RunSpec:
+def _run_spec(cfg: SegmentConfig, validation: Validation | None, label: str) -> RunSpec:
     """fit's RunSpec: one process, a 5 % warm-up then cosine, the best val-Dice weights kept."""
     optim = OptimConfig(lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_steps=cfg.steps // 20)
     train = TrainConfig(steps=cfg.steps, epochs=None, seed=cfg.seed, devices=1, log_every=max(1, cfg.steps // 30),
                         checkpoint_every=cfg.steps)
     return RunSpec(train.validate(), optim.validate(), validation, cfg.keep_checkpoints,
-                   record={"segment": plain(cfg)})
+                   record={"segment": plain(cfg)}, label=label, transient=True)
 
 
 def segment_transfer(backbone: nn.Module, train_images: Tensor, train_masks: Tensor, val_images: Tensor,
                      val_masks: Tensor, test_images: Tensor, test_masks: Tensor, cfg: SegmentConfig,
-                     run_dir: str | Path, classes: Sequence[str] = FINDINGS, progress: bool = False) -> dict[str, Any]:
+                     run_dir: str | Path, classes: Sequence[str] = FINDINGS, progress: bool = False,
+                     desc: str = "segment") -> dict[str, Any]:
     """Fine-tune UNet(backbone) through train.fit for cfg.steps, keep the best val-Dice weights, Dice on test.
 
     The backbone is trained IN PLACE (pass a copy to reuse pretrained weights). Images uint8 (N, C, S, S), masks
     (N, K, S, S) in {0, 1}, K = len(classes). Returns dice_macro, dice_per_class (test), val_dice_macro and
-    best_step (of the weights kept), steps, seconds.
+    best_step (of the weights kept), steps, seconds. progress: a transient bar of the steps named `desc`.
     """
     t0 = time.perf_counter()
     train_images, train_masks = _checked(train_images, train_masks, cfg.size, "train")
@@ -269,9 +270,9 @@ def segment_transfer(backbone: nn.Module, train_images: Tensor, train_masks: Ten
         model = UNet(backbone, len(classes), cfg.decoder_channels, cfg.backbone_lr_scale)
     model.set_prior(train_masks.float().mean(dim=(0, 2, 3)))
     make_loader = functools.partial(_make_batches, train_images, train_masks, cfg, backbone.in_channels)
-    validation = Validation(functools.partial(_val_dice, images=val_images, masks=val_masks),
-                            every=cfg.val_every, patience=cfg.patience) if len(val_images) else None
-    result = fit(model, make_loader, _run_spec(cfg, validation), run_dir, progress=progress)
+    dice = functools.partial(_val_dice, model, images=val_images, masks=val_masks)
+    validation = Validation(lambda _: dice(), every=cfg.val_every, patience=cfg.patience) if len(val_images) else None
+    result = fit(model, make_loader, _run_spec(cfg, validation, desc), run_dir, progress=progress)
     test = dice_scores(predict_masks(model, test_images), test_masks.numpy(), classes)
     best = result.get("best_val", math.nan)  # -inf when no score was a number
     return {**test, "val_dice_macro": best if math.isfinite(best) else math.nan, "best_step": result.get("best_step"),
