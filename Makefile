@@ -9,6 +9,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 TORCH ?= torch==2.13.0
+# test processes (pytest-xdist): one per core of the 2-core CI machine; each runs torch on one thread (tests/conftest.py)
+TEST_PROCS ?= 2
 
 .PHONY: demo test bench clean
 
@@ -24,7 +26,7 @@ demo: $(STAMP)
 	$(BIN)/medssl demo --out runs/demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_PROCS)
 
 bench: $(STAMP)
 	$(BIN)/python bench/data_throughput.py

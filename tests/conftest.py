@@ -1,14 +1,29 @@
-"""Shared fixtures: tiny synthetic data sets built once per session, and a CLI runner."""
+"""Shared fixtures: tiny synthetic data sets built once per session, and a CLI runner.
+
+Threads are set before torch loads: one intra-op thread per test process, and OMP_NUM_THREADS=1 in the environment
+every process a test starts inherits (CLI subprocesses, spawned DDP ranks, loader workers). `make test` runs two
+test processes on the 2-core machine (pytest-xdist), so both cores work without any thread waiting on another;
+with two threads per process on a loaded machine, torch's spinning OpenMP threads made single tests 10x slower.
+MEDSSL_TEST_THREADS overrides the count.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
-import pytest
-import torch
-from torch import nn
+THREADS = os.environ.get("MEDSSL_TEST_THREADS", "1")
+os.environ["OMP_NUM_THREADS"] = THREADS
+os.environ["MKL_NUM_THREADS"] = THREADS
 
-from medssl.cli import main
+from pathlib import Path  # noqa: E402  (the thread settings above come before torch is imported)
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from medssl.cli import main  # noqa: E402
+
+torch.set_num_threads(int(THREADS))
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
