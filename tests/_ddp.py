@@ -1,11 +1,10 @@
 """Two CPU processes under gloo for the DDP tests: spawn, rendezvous, timeouts and a teardown that cannot hang.
 
-Why the teardown collects garbage first: a DistributedDataParallel wrapper (its reducer) and the Work objects of
-finished collectives sit in reference cycles and keep the gloo process group alive after destroy_process_group.
-Left to the interpreter's last garbage collection, their destructors join gloo's worker threads while the
-interpreter is being torn down: the process then hangs in "Garbage-collecting" (seen with faulthandler: both ranks
-finished their checks, then sat in finalisation until killed) or aborts with "terminate called without an active
-exception" (SIGABRT), more often on a loaded machine. Collected here, while the interpreter is whole, they go cleanly.
+Why the teardown collects garbage and destroys the group itself (medssl.train.release_process_group does the same
+for training runs): on a loaded machine, ranks that had finished their checks hung in the interpreter's final
+garbage collection (faulthandler: "Garbage-collecting", no Python frame, until killed) or aborted there with
+"terminate called without an active exception" (SIGABRT). Done here, while the interpreter is whole, nothing of the
+group is left for that last collection.
 
 Timeouts are generous because a loaded 2-core machine can take tens of seconds to start a process that imports
 torch: a rank that arrives late must not fail a correct test; a hang still ends, with the worker named.

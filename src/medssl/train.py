@@ -78,12 +78,12 @@ def launch_script(fabric: Fabric) -> bool:
 
 
 def release_process_group() -> None:
-    """Destroy the default process group while the interpreter is whole, after freeing what still holds it.
+    """Destroy the default process group while the interpreter is whole, after collecting what may still hold it.
 
-    DDP wrappers (their reducers) and the Work objects of finished collectives sit in reference cycles and keep a
-    gloo group alive after destroy_process_group; freed by the interpreter's last garbage collection, their
-    destructors join gloo's threads mid-teardown, and the process hangs there or aborts ("terminate called without
-    an active exception", SIGABRT), more often on a loaded machine. Collecting first frees them cleanly.
+    Seen on a loaded 2-core machine: ranks that had finished their work hung in the interpreter's final garbage
+    collection (faulthandler: "Garbage-collecting", no Python frame) or aborted there ("terminate called without an
+    active exception", SIGABRT). Whatever torch / gloo object was still being torn down then, collecting and
+    destroying the group here, before the interpreter finalises, leaves nothing of it to that last collection.
     """
     gc.collect()
     if dist.is_available() and dist.is_initialized():
