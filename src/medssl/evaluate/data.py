@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,8 +20,7 @@ from medssl.data.splits import assign_splits, by_split
 from medssl.data.tasks import Task, make_task, targets
 from medssl.errors import MedsslError
 
-if TYPE_CHECKING:
-    from medssl.evaluate.run import EvalOptions
+from medssl.evaluate.options import EvalOptions
 
 
 @dataclass
