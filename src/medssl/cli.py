@@ -121,16 +121,19 @@ def cmd_data_split(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_pretrain(args: argparse.Namespace) -> int:
-    """Self-supervised pretraining of an image encoder (SimCLR, MICLe, MoCo v2, BYOL, MAE)."""
+def _train_run(args: argparse.Namespace, command: str) -> int:
+    """medssl pretrain and medssl align: one code path (config, resume, run_pretrain), each refusing the other's
+    methods."""
     from medssl.config import load_config
-    from medssl.pretrain import resume_config, run_pretrain
+    from medssl.pretrain import check_command, resume_config, run_pretrain
 
     sets = list(args.set)
     if args.data:
         sets.append(f"data.source={Path(args.data).resolve()}")
     if args.skip_bad:
         sets.append("data.skip_bad=true")
+    if getattr(args, "text_column", None):
+        sets.append(f"data.text_column={args.text_column}")
     if args.resume:
         if args.config:
             raise MedsslError("--resume RUN_DIR continues that run with its own config; drop --config (use --set "
@@ -138,14 +141,29 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         out, cfg = Path(args.resume), resume_config(args.resume, sets)
     else:
         if not args.config:
-            raise MedsslError("pretrain needs --config (e.g. configs/simclr.yaml) or --resume RUN_DIR")
+            example = "configs/convirt.yaml" if command == "align" else "configs/simclr.yaml"
+            raise MedsslError(f"{command} needs --config (e.g. {example}) or --resume RUN_DIR")
         cfg = load_config(args.config, sets)
         out = Path(args.out or f"runs/{cfg.method}")
+    check_command(cfg, command)
     metrics = run_pretrain(cfg, out, resume=bool(args.resume), init=args.init, progress=not args.quiet)
     if os.environ.get("LOCAL_RANK", "0") == "0":  # under DDP every process runs this command
-        print(f"pretrained {cfg.method} ({cfg.model.backbone}) for {metrics['steps']} steps, final loss "
+        what = "pretrained" if command == "pretrain" else "aligned"
+        print(f"{what} {cfg.method} ({cfg.model.backbone}) for {metrics['steps']} steps, final loss "
               f"{metrics['final_loss']:.4f} -> {out}")
+        if command == "align":
+            print(f"run report: {out / 'report.html'}")
     return 0
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    """Self-supervised pretraining of an image encoder (SimCLR, MICLe, MoCo v2, BYOL, MAE)."""
+    return _train_run(args, "pretrain")
+
+
+def cmd_align(args: argparse.Namespace) -> int:
+    """Image-text pretraining on images and their reports (ConVIRT, CLIP, GLoRIA): the pretrain machinery."""
+    return _train_run(args, "align")
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -318,6 +336,35 @@ def build_parser() -> argparse.ArgumentParser:
                      "(sets data.skip_bad)")
     pre.add_argument("--quiet", action="store_true", help="no progress bars")
     pre.set_defaults(func=cmd_pretrain)
+
+    al = sub.add_parser(
+        "align", help="image-text pretraining on images and their reports: convirt, clip, gloria",
+        description="Image-text pretraining (ConVIRT, CLIP, GLoRIA) into one run folder: what medssl pretrain\n"
+                    "writes, plus report.html (loss curve, image-text similarity on a test batch). A WordPiece\n"
+                    "tokenizer is trained on the training split's reports and kept in every checkpoint.",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog="""examples:
+  medssl align --config configs/convirt.yaml --out runs/convirt
+      ConVIRT on the built-in synthetic chest radiographs and their reports
+  medssl align --config configs/clip.yaml --data /data/cxr/manifest.csv --set data.batch_size=64
+      CLIP on your own images (train split) with the manifest's report column (images without one are skipped)
+  medssl align --config configs/convirt.yaml --data ../shared/data/covid_cxr_224.npz --text-column clinical_notes
+      a .npz whose text is another field (here case notes, not radiology reports: the report says so)
+  medssl align --resume runs/convirt --set train.steps=2000
+      continue a run from its last checkpoint (with its tokenizer)""")
+    al.add_argument("--config", help="YAML config of an image-text method, e.g. configs/convirt.yaml")
+    al.add_argument("--data", help="manifest .csv (report column), folder or .npz, sets data.source (default: "
+                    "built-in synthetic data)")
+    al.add_argument("--out", help="run folder (default runs/METHOD)")
+    al.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config value, e.g. train.steps=200 or data.report_sentences=0 (repeatable)")
+    al.add_argument("--text-column", metavar="NAME", help="the text of each image from this manifest column or "
+                    ".npz field instead of the report (sets data.text_column)")
+    al.add_argument("--resume", metavar="RUN_DIR", help="continue a run exactly where its last checkpoint left it")
+    al.add_argument("--init", metavar="CKPT", help="start from earlier weights (run folder or checkpoint file)")
+    al.add_argument("--skip-bad", action="store_true", help="go on past unreadable images and list them "
+                    "(sets data.skip_bad)")
+    al.add_argument("--quiet", action="store_true", help="no progress bars")
+    al.set_defaults(func=cmd_align)
 
     exp = sub.add_parser("export", help="write a run's backbone as safetensors, TorchScript or ONNX")
     exp.add_argument("run", help="run folder or checkpoint file")

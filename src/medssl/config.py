@@ -49,6 +49,9 @@ class DataConfig:
     num_workers: int = 1  # processes making augmented batches; 0 = in the training process
     prefetch_factor: int = 2  # batches each worker keeps ready
     skip_bad: bool = False  # go on past unreadable images (listed at the start and in metrics.json)
+    # image-text methods (medssl align) only:
+    report_sentences: int = 1  # ConVIRT's text view: 1..N consecutive sentences of the report; 0 = the whole report
+    text_column: str | None = None  # the records' text from this manifest column / .npz field; None = report
 
 
 @dataclass
@@ -139,7 +142,9 @@ def _validate_data(cfg: PretrainConfig) -> None:
 
     d = cfg.data
     check_positive(d, "data", ("size", "channels", "batch_size", "synthetic_patients", "prefetch_factor"))
-    check_positive(d, "data", ("num_workers", "synthetic_seed"), allow_zero=True)
+    check_positive(d, "data", ("num_workers", "synthetic_seed", "report_sentences"), allow_zero=True)
+    if d.text_column is not None and not d.text_column.strip():
+        raise bad("data.text_column", d.text_column, "must name a manifest column or .npz field, or be null")
     if d.channels not in (1, 3):
         raise bad("data.channels", d.channels, "must be 1 or 3")
     check_choice("data.pair_by", d.pair_by, PAIR_BY)

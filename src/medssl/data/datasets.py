@@ -9,6 +9,11 @@ DDP: `batch_size` is the global batch. Rank r of W takes rows [r * B / W, (r + 1
 so the ranks see disjoint slices and together the same images as one process would (their augmentations are drawn
 per rank, so pixels differ from a one-process run's). The last incomplete global batch of an epoch is dropped:
 every rank must pass the same number of rows to the cross-rank gather in the losses.
+
+Image-report batches (BatchSpec.report, ConVIRT / CLIP / GLoRIA): an item is a STUDY, not an image (StudyReports
+groups the images by patient and study). Each epoch a study shows one of its images, drawn from (seed, epoch), so
+frontal and lateral views both meet the study's report; its text is a ConVIRT sample of the report's sentences,
+drawn from (seed, epoch, k, rank) like the augmentation, so image-report batches keep the same resume guarantee.
 """
 
 from __future__ import annotations
@@ -28,6 +33,9 @@ from medssl.data.augment import Augment, AugmentConfig
 from medssl.data.preprocess import Preprocess
 from medssl.data.records import Record
 from medssl.errors import MedsslError
+from medssl.text.reports import report_sentences, sample_sentences, training_text
+
+NO_FINDING_NAMES = frozenset({"no_finding", "no finding", "normal", "none"})  # labels that mean "nothing found"
 
 
 def _derive_seed(*parts: int) -> int:
@@ -138,48 +146,144 @@ class BatchSpec:
     views: batch keys that each get their own augmentation of the sample's image, (B, C, S, S) each;
     partner: the second view comes from ANOTHER image of the same patient (MICLe; data.pair_by chooses patient
     or study) and the batch gains "same_image" (B,) bool; target: the batch gains "target" (labels, fine-tuning);
-    min_per_process: the fewest images a process may hold (contrastive negatives, BatchNorm statistics).
-    Later: a report's tokens, a mask - a new field here and its few lines in BatchDataset, no method name anywhere.
+    min_per_process: the fewest images a process may hold (contrastive negatives, BatchNorm statistics);
+    report: items are studies and the batch gains the study's report as "ids" and "mask" (B, L) int64 and its
+    findings as "findings" (B, K) float32 multi-hot (StudyReports), plus "study" (B,) int64.
+    Later: a mask - a new field here and its few lines in BatchDataset, no method name anywhere.
     """
 
     views: tuple[str, ...] = ("view1", "view2")
     partner: bool = False
     target: bool = False
     min_per_process: int = 1
+    report: bool = False
 
     def __post_init__(self) -> None:
         if not self.views or len(set(self.views)) != len(self.views) or "index" in self.views:
             raise MedsslError(f"batch views {self.views} must be distinct names other than 'index'")
         if self.partner and len(self.views) != 2:
             raise MedsslError(f"a partner batch has exactly two views, not {self.views}")
+        if self.report and self.partner:
+            raise MedsslError("an image-report batch pairs a study's image with its report, not with a partner image")
+        if self.report and {"ids", "mask", "findings", "study"} & set(self.views):
+            raise MedsslError(f"batch views {self.views} clash with the report keys ids, mask, findings, study")
 
 
 TWO_VIEWS = BatchSpec(("view1", "view2"), min_per_process=2)  # SimCLR, MoCo, BYOL: two augmentations of one image
 PATIENT_PAIRS = BatchSpec(("view1", "view2"), partner=True, min_per_process=2)  # MICLe: two images of one patient
 ONE_IMAGE = BatchSpec(("image",))  # MAE: one augmented image
 LABELLED_IMAGE = BatchSpec(("image",), target=True)  # fine-tuning: one augmented image and its label
+IMAGE_REPORT = BatchSpec(("image",), report=True, min_per_process=2)  # ConVIRT, CLIP, GLoRIA: image + report
+
+
+def finding_names(records: Sequence[Record]) -> list[str]:
+    """The finding classes of image-report batches: every label of the records except those meaning "nothing
+    found" (no_finding, normal, none), sorted as records.label_names sorts them."""
+    from medssl.data.records import label_names
+
+    return [n for n in label_names(records) if n.lower() not in NO_FINDING_NAMES]
+
+
+def study_groups(records: Sequence[Record]) -> list[list[int]]:
+    """Record indices grouped by study, in order of first appearance; a record without a study id is its own study.
+
+    A study id is only unique within its patient, so the key is (patient_id, study_id).
+    """
+    groups: dict[tuple[str, str] | int, list[int]] = {}
+    for i, r in enumerate(records):
+        groups.setdefault((r.patient_id, r.study_id) if r.study_id else i, []).append(i)
+    return list(groups.values())
+
+
+class StudyReports:
+    """The studies of an ImageDataset's records with their report, findings and tokenizer: what BatchDataset needs
+    for image-report batches (BatchSpec.report).
+
+    tokenizer: an object with encode(texts, context=..., pad_to="context") -> {"ids", "mask"} (B, context) int64
+    (text.tokenizer.ReportTokenizer, trained on the training split's reports); findings: the K finding names of the
+    multi-hot "findings" (finding_names); sentences: ConVIRT's span, a random run of 1..sentences consecutive
+    sentences of the cleaned report (1 = ConVIRT's one sentence), 0 = the whole cleaned report; context: the padded
+    length L (default the tokenizer's). A study's report is the first non-empty one among its images (the manifest's
+    report column is per study); its labels are the union of its images' labels. Records without a usable report
+    should be filtered first (text.reports.filter_reports); a study with none is an error naming its first image.
+    """
+
+    def __init__(self, records: Sequence[Record], tokenizer, findings: Sequence[str], sentences: int = 1,
+                 context: int | None = None):
+        if sentences < 0:
+            raise MedsslError(f"data.report_sentences={sentences} must be 0 (the whole report) or more")
+        self.tokenizer, self.findings, self.span = tokenizer, list(findings), int(sentences)
+        self.context = int(context or tokenizer.context)
+        self.groups = study_groups(records)
+        self.offsets = np.cumsum([0] + [len(g) for g in self.groups]).astype(np.int64)
+        self.members = np.asarray([i for g in self.groups for i in g], dtype=np.int64)
+        self.sentences: list[list[str]] = []
+        column = {n: j for j, n in enumerate(self.findings)}
+        self.labels = torch.zeros(len(self.groups), len(self.findings), dtype=torch.float32)
+        for s, group in enumerate(self.groups):
+            report = next((records[i].report for i in group if (records[i].report or "").strip()), "")
+            whole = training_text(report)
+            if not whole:
+                raise MedsslError(f"{records[group[0]].path}: its study has no usable report (missing, or empty "
+                                  "once cleaned); filter the records first")
+            self.sentences.append([whole] if self.span == 0 else report_sentences(report) or [whole])
+            for i in group:
+                for name in records[i].labels:
+                    if name in column:
+                        self.labels[s, column[name]] = 1.0
+
+    def __len__(self) -> int:
+        """Studies."""
+        return len(self.groups)
+
+    def images(self, studies: np.ndarray, epoch: int, seed: int) -> np.ndarray:
+        """One image index per study, drawn uniformly among the study's images from (seed, epoch): (b,) int64."""
+        studies = np.asarray(studies, dtype=np.int64)
+        u = np.random.default_rng([seed, epoch, 11]).random(len(self))[studies]  # one draw per study and epoch
+        start, count = self.offsets[studies], self.offsets[studies + 1] - self.offsets[studies]
+        return self.members[start + np.minimum((u * count).astype(np.int64), count - 1)]
+
+    def texts(self, studies: np.ndarray, generator: np.random.Generator) -> list[str]:
+        """The text view of each study: a ConVIRT sample of its sentences (data.report_sentences), or all of it."""
+        if self.span == 0:
+            return [self.sentences[s][0] for s in studies]
+        return [sample_sentences(self.sentences[s], generator, self.span) for s in studies]
+
+    def batch(self, studies: np.ndarray, generator: np.random.Generator) -> dict[str, Tensor]:
+        """{"ids", "mask"}: (b, context) int64, 1 = token in mask; "findings": (b, K) float32 multi-hot."""
+        enc = self.tokenizer.encode(self.texts(studies, generator), context=self.context, pad_to="context")
+        return {"ids": enc["ids"], "mask": enc["mask"], "findings": self.labels[torch.from_numpy(studies)]}
 
 
 class BatchDataset(Dataset):
     """Map-style dataset of whole augmented batches: item (epoch, k) -> dict of (B / W, C, S, S) tensors + index.
 
     spec: what the method declared it consumes (BatchSpec); pairs: the patients' partner images (spec.partner);
-    targets: labels, one row per image ((N,) or (N, C)), added to each batch as "target" (spec.target).
+    targets: labels, one row per image ((N,) or (N, C)), added to each batch as "target" (spec.target);
+    reports: the studies, their reports and the tokenizer (spec.report): the items permuted are then the studies.
     """
 
     def __init__(self, images: ImageDataset, batch_size: int, spec: BatchSpec, augment: AugmentConfig,
                  seed: int = 0, rank: int = 0, world_size: int = 1, pairs: MultiInstanceDataset | None = None,
-                 channels: int = 1, targets: np.ndarray | Tensor | None = None):
+                 channels: int = 1, targets: np.ndarray | Tensor | None = None, reports: StudyReports | None = None):
         if batch_size % world_size:
             raise MedsslError(f"batch size {batch_size} is not a multiple of the {world_size} processes")
-        if batch_size > len(images):
-            raise MedsslError(f"batch size {batch_size} is larger than the {len(images)} images of the data set")
+        if spec.report and reports is None:
+            raise MedsslError("this method pairs images with reports: give the StudyReports (reports)")
+        grouped = int(reports.offsets[-1]) if reports is not None else len(images)
+        if spec.report and grouped != len(images):
+            raise MedsslError(f"the reports group {grouped} images, the data set has {len(images)}")
+        self.n_items = len(reports) if spec.report else len(images)  # type: ignore[arg-type]
+        what = "studies" if spec.report else "images"
+        if batch_size > self.n_items:
+            raise MedsslError(f"batch size {batch_size} is larger than the {self.n_items} {what} of the data set")
         if spec.partner and pairs is None:
             raise MedsslError("this method pairs two images of a patient: give the MultiInstanceDataset (pairs)")
         if spec.target and targets is None:
             raise MedsslError("this method trains on labels: give the targets")
         self.images, self.batch_size, self.spec, self.seed = images, batch_size, spec, seed
         self.rank, self.world_size, self.pairs, self.channels = rank, world_size, pairs, channels
+        self.reports = reports if spec.report else None
         self.local = batch_size // world_size
         self.targets = None if targets is None else torch.as_tensor(np.asarray(targets))
         if self.targets is not None and len(self.targets) != len(images):
@@ -189,16 +293,17 @@ class BatchDataset(Dataset):
 
     def __len__(self) -> int:
         """Whole global batches per epoch."""
-        return len(self.images) // self.batch_size
+        return self.n_items // self.batch_size
 
     def permutation(self, epoch: int) -> np.ndarray:
-        """The order of the images in this epoch: the same on every rank and in every worker."""
+        """The order of the items (images, or studies for report batches) in this epoch: the same on every rank
+        and in every worker."""
         if self._perm is None or self._perm[0] != epoch:
-            self._perm = (epoch, np.random.default_rng([self.seed, epoch]).permutation(len(self.images)))
+            self._perm = (epoch, np.random.default_rng([self.seed, epoch]).permutation(self.n_items))
         return self._perm[1]
 
     def indices(self, epoch: int, k: int) -> np.ndarray:
-        """This rank's image indices in global batch k of the epoch."""
+        """This rank's item indices (images, or studies for report batches) in global batch k of the epoch."""
         if not 0 <= k < len(self):
             raise IndexError(f"batch {k} outside 0..{len(self) - 1}")
         lo = k * self.batch_size + self.rank * self.local
@@ -208,9 +313,14 @@ class BatchDataset(Dataset):
         """Batch k of the epoch for this rank: a pure function of (seed, epoch, k, rank)."""
         epoch, k = key
         idx = self.indices(epoch, k)
+        out: dict[str, Tensor] = {}
+        if self.reports is not None:  # items are studies: one of each study's images, and its report
+            studies, idx = idx, self.reports.images(idx, epoch, self.seed)
+            text_rng = np.random.default_rng(_derive_seed(self.seed, epoch, k, self.rank, 1))
+            out.update(self.reports.batch(studies, text_rng), study=torch.from_numpy(studies.copy()))
         self.augment.generator.manual_seed(_derive_seed(self.seed, epoch, k, self.rank))
         x = self.images.batch(idx)                                     # (b, 1, S, S)
-        out: dict[str, Tensor] = {"index": torch.from_numpy(idx.copy())}
+        out["index"] = torch.from_numpy(idx.copy())
         if self.spec.target:
             out["target"] = self.targets[torch.from_numpy(idx)]  # type: ignore[index]
         sources = [x] * len(self.spec.views)

@@ -8,6 +8,7 @@ import csv
 import os
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -235,3 +236,24 @@ def check_images(records: Sequence[Record], *, skip_bad: bool, progress: bool = 
                 raise
             bad.append((r.path, str(e)))
     return good, bad
+
+
+def with_text_column(records: list[Record], column: str, source: str | os.PathLike) -> list[Record]:
+    """The records with their report taken from another text column: a manifest column, or a per-image field of a
+    generic .npz (data.text_column / align --text-column); MedsslError naming the source and the column."""
+    if column == "report":
+        return records
+    out = []
+    for r in records:
+        if column in r.extra:
+            text = r.extra[column]
+        elif io.image_format(r.path) == "npz":
+            fields = io.read_npz(r.path).fields
+            if column not in fields:
+                raise MedsslError(f"{r.path}: no per-image field {column!r} for data.text_column (fields: "
+                                  f"{', '.join(sorted(fields)) or 'none'})")
+            text = str(fields[column][npz_row(r)[1]])
+        else:
+            raise MedsslError(f"{source}: no column {column!r} for data.text_column")
+        out.append(replace(r, report=text))
+    return out
