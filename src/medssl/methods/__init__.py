@@ -3,7 +3,8 @@
 Each method declares, beside its class: `Options` (a typed dataclass of its options, with validate()), `batch`
 (the BatchSpec of what it consumes: two views of one image, two images of one patient, one image, ...) and
 `build(spec)` (a fresh model from a ModelSpec). METHODS is the one dict of them (no registry decorators): adding a
-method is one file and one line here. Nothing outside this package compares a method's name.
+method is one file and one line here. Nothing outside this package compares a method's name. The image-text
+methods (ConVIRT, CLIP, GLoRIA) share one file, image_text.py: one base class and three small ones.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from torch import nn
 from medssl.data.datasets import BatchSpec
 from medssl.errors import MedsslError
 from medssl.methods.byol import BYOL
+from medssl.methods.image_text import CLIP, GLoRIA, ConVIRT
 from medssl.methods.mae import MAE
 from medssl.methods.micle import MICLe
 from medssl.methods.moco import MoCo
@@ -33,7 +35,8 @@ class Method(Protocol):
     def build(cls, spec: ModelSpec) -> nn.Module: ...
 
 
-METHODS: dict[str, Any] = {"simclr": SimCLR, "micle": MICLe, "moco": MoCo, "byol": BYOL, "mae": MAE}
+METHODS: dict[str, Any] = {"simclr": SimCLR, "micle": MICLe, "moco": MoCo, "byol": BYOL, "mae": MAE,
+                           "convirt": ConVIRT, "clip": CLIP, "gloria": GLoRIA}
 
 
 def method(name: str) -> Method:
