@@ -120,3 +120,18 @@ def test_tokenizer_on_the_real_iu_xray_corpus():
     assert long, "the corpus has reports over the context"
     for row in tok.decode(tok.encode(long)["ids"]):
         assert row.endswith(".")  # cut at a sentence end, not mid-sentence
+
+
+def test_training_is_a_function_of_the_texts_across_processes():
+    """tokenizers numbers "##" pieces in hash-map order, which changes from process to process (and, through merge
+    ties, the vocabulary itself: huggingface/tokenizers#1794); two fresh processes must agree on every id."""
+    import subprocess
+    import sys
+
+    code = ("from medssl.synthetic import generate\n"
+            "from medssl.text.tokenizer import ReportTokenizer\n"
+            "texts = [str(r) for r in generate(60, size=16, seed=0).report]\n"
+            "print(ReportTokenizer.train(texts, vocab_size=400, min_frequency=1).to_json())\n")
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True).stdout
+            for _ in range(3)]
+    assert runs[0] == runs[1] == runs[2]

@@ -55,13 +55,26 @@ class ReportTokenizer:
             raise MedsslError(f"tokenizer: vocab_size={vocab_size} must exceed the {len(specials)} special tokens")
         if min_frequency < 1:
             raise MedsslError(f"tokenizer: min_frequency={min_frequency} must be at least 1")
-        tok = Tokenizer(models.WordPiece(unk_token=BERT_SPECIALS["unk"]))
-        tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
-        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-        tok.decoder = decoders.WordPiece()
+        normalizer, pre_tokenizer = normalizers.BertNormalizer(lowercase=lowercase), pre_tokenizers.BertPreTokenizer()
+        # tokenizers' trainer numbers the continuing-subword pieces ("##e") in hash-map order, which differs from
+        # process to process, and breaks merge ties by those numbers: the same reports gave different vocabularies
+        # (huggingface/tokenizers#1794). Declared up front, in sorted order, every piece has a fixed number and the
+        # training is a function of the texts; the vocabulary is then rebuilt with only the real special tokens.
+        alphabet = sorted({ch for t in texts for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(t))
+                           for ch in word})
+        pieces = [f"##{ch}" for ch in alphabet]
+        if vocab_size <= len(specials) + 2 * len(alphabet):
+            raise MedsslError(f"tokenizer: vocab_size={vocab_size} must exceed the {len(specials)} special tokens "
+                              f"and the {2 * len(alphabet)} characters and word pieces of the reports")
+        draft = Tokenizer(models.WordPiece(unk_token=BERT_SPECIALS["unk"]))
+        draft.normalizer, draft.pre_tokenizer = normalizer, pre_tokenizer
         trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
-                                            special_tokens=specials, show_progress=False)
-        tok.train_from_iterator(texts, trainer)
+                                            special_tokens=specials + pieces, initial_alphabet=alphabet,
+                                            show_progress=False)
+        draft.train_from_iterator(texts, trainer)
+        tok = Tokenizer(models.WordPiece(draft.get_vocab(), unk_token=BERT_SPECIALS["unk"]))
+        tok.normalizer, tok.pre_tokenizer, tok.decoder = normalizer, pre_tokenizer, decoders.WordPiece()
+        tok.add_special_tokens(specials)
         return cls(tok, context)
 
     @classmethod
