@@ -213,6 +213,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_zeroshot(args: argparse.Namespace) -> int:
+    """`medssl zeroshot`: classify a test split from prompts alone with an image-text run."""
+    from medssl.zeroshot_run import RESULTS, print_summary, run_zeroshot
+
+    out = Path(args.out) if args.out else Path(args.run) / "zeroshot"
+    metrics = run_zeroshot(args.run, data=args.data, out=out, classes=_names(args.classes) if args.classes else None,
+                           prompt_file=args.prompts, n_boot=args.n_boot, skip_bad=args.skip_bad,
+                           progress=not args.quiet)
+    print_summary(metrics)
+    _print_bad([(s["path"], s["error"]) for s in metrics.get("skipped", [])])
+    print(f"wrote {out / RESULTS}")
+    return 0
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     """Class probabilities of each image from a classifier bundle."""
     from medssl.data.io import IMAGE_SUFFIXES
@@ -422,6 +436,26 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--skip-bad", action="store_true", help="go on past unreadable images and list them")
     ev.add_argument("--quiet", action="store_true", help="no progress bars")
     ev.set_defaults(func=cmd_evaluate)
+
+    zs = sub.add_parser(
+        "zeroshot", help="classify a test split from prompts alone with an image-text run (medssl align)",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog="""examples:
+  medssl zeroshot runs/convirt
+      the run's own findings on the test patients of the built-in synthetic data its pretraining never saw
+  medssl zeroshot runs/convirt --data labelled/manifest.csv --classes pneumothorax,pleural_effusion
+      two findings of your labelled images (their split column, else a 70/10/20 patient-level split)
+  medssl zeroshot runs/convirt --prompts prompts.yaml
+      your prompts: class -> [prompts], or class -> {positive: [...], negative: [...]}""")
+    zs.add_argument("run", help="run folder or checkpoint of medssl align (convirt, clip, gloria)")
+    zs.add_argument("--data", help="labelled source: manifest .csv, folder, .npz (default: built-in synthetic data "
+                    "with the run's parameters)")
+    zs.add_argument("--classes", help="comma-separated findings to score (multi-label data; default: all)")
+    zs.add_argument("--prompts", help="YAML / JSON prompt file (default: medssl's templates per class)")
+    zs.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples of the CIs (default 1000)")
+    zs.add_argument("--out", help="results folder (default RUN/zeroshot)")
+    zs.add_argument("--skip-bad", action="store_true", help="go on past unreadable images and list them")
+    zs.add_argument("--quiet", action="store_true", help="no progress bars")
+    zs.set_defaults(func=cmd_zeroshot)
 
     pr = sub.add_parser("predict", help="class probabilities of images from a classifier bundle (medssl evaluate's)")
     pr.add_argument("bundle", help="bundle file (RUN/evaluate/bundles/finetune.pt) or run folder")

@@ -1,0 +1,134 @@
+"""`medssl zeroshot RUN`: classify a source's test split from prompts alone, with an image-text run.
+
+The run is one that `medssl align` wrote (ConVIRT, CLIP, GLoRIA): its checkpoint holds the model spec, the
+weights, the preprocess and the report tokenizer. Without --data the test split is the built-in synthetic set
+with the run's own parameters (the patients its pretraining never saw, as `medssl evaluate` takes them); with
+--data, that source's split column, else the same seeded patient-level 70/10/20 split as `medssl evaluate`. The
+numbers are the evaluation's metrics with patient-level bootstrap CIs, beside chance (AUC 0.5).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from medssl.checkpoint import load_checkpoint, resolve_checkpoint
+from medssl.data.preprocess import Preprocess
+from medssl.data.tasks import Task, targets
+from medssl.errors import MedsslError
+from medssl.evaluate.data import builtin_data, decode_split, plan_source
+from medssl.evaluate.options import EvalOptions
+from medssl.evaluate.zeroshot import evaluate_zeroshot
+from medssl.methods import build_model, method
+from medssl.models.factory import ModelSpec
+from medssl.text.tokenizer import ReportTokenizer
+
+RESULTS = "zeroshot.json"
+
+
+@dataclass
+class ImageTextRun:
+    """An image-text model ready for zero-shot use and retrieval (eval mode, CPU)."""
+
+    model: nn.Module  # encode_image (B, C, S, S) -> (B, D), encode_text (ids, mask) -> (B, D), unit norm
+    tokenizer: ReportTokenizer
+    preprocess: Preprocess
+    spec: ModelSpec
+    meta: dict[str, Any]
+
+
+def load_image_text(path: str | Path) -> ImageTextRun:
+    """A run folder or checkpoint of `medssl align` -> ImageTextRun; MedsslError naming what is missing."""
+    path = resolve_checkpoint(path)
+    ckpt = load_checkpoint(path)
+    spec_data, tokenizer = ckpt.get("spec"), ckpt.get("tokenizer")
+    if not isinstance(spec_data, dict) or not isinstance(ckpt.get("preprocess"), dict):
+        raise MedsslError(f"{path}: holds no model spec and preprocess; zero-shot needs a `medssl align` run")
+    name = spec_data.get("method")
+    if name is None or not method(name).batch.report or not isinstance(tokenizer, str):
+        raise MedsslError(f"{path}: is a {name or 'plain'} model, not an image-text run: zero-shot needs a run of "
+                          "`medssl align` (convirt, clip, gloria), whose checkpoint keeps its report tokenizer")
+    spec = ModelSpec.from_dict(spec_data, method(name).Options)
+    torch.manual_seed(0)  # initial weights are overwritten; the seed keeps loading deterministic
+    model = build_model(spec)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise MedsslError(f"{path}: weights do not fit the stored model spec: {str(e).splitlines()[0][:300]}") from None
+    meta = {k: v for k, v in ckpt.items() if k not in ("model", "optimizer", "scheduler", "rng", "validation")}
+    return ImageTextRun(model.eval(), ReportTokenizer.from_json(tokenizer), Preprocess.from_dict(ckpt["preprocess"]),
+                        spec, meta)
+
+
+def _subset_task(task: Task, y: np.ndarray, classes: tuple[str, ...] | None) -> tuple[Task, np.ndarray]:
+    """The findings asked for (--classes) of a multi-label task; other tasks are scored over all their classes."""
+    if not classes:
+        return task, y
+    unknown = [c for c in classes if c not in task.classes]
+    if unknown:
+        raise MedsslError(f"--classes {','.join(unknown)}: not a class of the data ({', '.join(task.classes)})")
+    if task.kind != "multilabel":
+        if set(classes) != set(task.classes):
+            raise MedsslError(f"--classes: a {task.kind} task is scored over all its classes "
+                              f"({', '.join(task.classes)}); --classes picks findings of multi-label data")
+        return task, y
+    cols = [task.classes.index(c) for c in classes]
+    return Task("multilabel", tuple(classes)), y[:, cols]
+
+
+def run_zeroshot(run: str | Path, data: str | None = None, out: Path | None = None,
+                 classes: tuple[str, ...] | None = None, prompt_file: str | None = None, n_boot: int = 1000,
+                 skip_bad: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Zero-shot metrics of the run on a test split; written to OUT/zeroshot.json and returned."""
+    t0 = time.perf_counter()
+    out = Path(out) if out is not None else Path(run) / "zeroshot"
+    opts = EvalOptions(checkpoint=str(run), data=data, out=out, protocols=("linear",), fractions=(1.0,), seeds=1,
+                       baseline=None, n_boot=n_boot, skip_bad=skip_bad, progress=progress).validate()
+    plan = plan_source(opts, data) if data is not None else None  # cheap checks before the model loads
+    aligned = load_image_text(run)
+    out.mkdir(parents=True, exist_ok=True)
+    if plan is None:
+        plan = plan_source(opts, builtin_data(opts, aligned.preprocess, aligned.meta.get("config", {}).get("data")))
+    # only the test split is decoded: nothing is trained
+    kept, images, bad = decode_split(plan.splits["test"], aligned.preprocess, skip_bad, progress, "test")
+    if not kept:
+        raise MedsslError(f"{plan.source}: none of the test split's images could be read")
+    task, y = _subset_task(plan.task, targets(kept, plan.task), classes)
+    groups = [r.patient_id for r in kept]
+    result = evaluate_zeroshot(aligned.model, aligned.tokenizer, images, y, task, groups,
+                               prompt_file=prompt_file, preprocess=aligned.preprocess, n_boot=n_boot,
+                               progress=progress)
+    metrics = {"run": str(run), "method": aligned.spec.method, "source": plan.source, "task": task.to_dict(),
+               "test_images": len(groups), "test_patients": len(set(groups)), "notes": plan.notes,
+               "skipped": [{"path": p, "error": e} for p, e in plan.skipped + bad], **result,
+               "seconds": time.perf_counter() - t0}
+    (out / RESULTS).write_text(json.dumps(metrics, indent=2, default=float) + "\n")
+    return metrics
+
+
+def summary_lines(metrics: dict[str, Any]) -> list[str]:
+    """What the command prints: the headline with its CI, per-class AUCs, chance."""
+    ci = metrics.get("ci95", {}).get("roc_auc_macro")
+    ci_text = f" (95 % CI {ci[0]:.3f}-{ci[1]:.3f}, patient bootstrap)" if ci else ""
+    lines = [f"zero-shot {metrics['method']} on {metrics['test_images']} test images of "
+             f"{metrics['test_patients']} patients ({metrics['source']})",
+             f"  macro ROC-AUC {metrics.get('roc_auc_macro', float('nan')):.3f}{ci_text}; chance 0.500"]
+    for name, m in (metrics.get("per_class") or {}).items():
+        auc = m.get("roc_auc", float("nan"))
+        lines.append(f"  {name:<24} AUC {auc:.3f}" if auc == auc else f"  {name:<24} AUC undefined (one class)")
+    lines += [f"note: {n}" for n in metrics.get("notes", [])]
+    return lines
+
+
+def print_summary(metrics: dict[str, Any]) -> None:
+    """summary_lines to stdout."""
+    for line in summary_lines(metrics):
+        print(line, file=sys.stdout)
