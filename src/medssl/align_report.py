@@ -133,7 +133,7 @@ def loss_plot(log_csv: str | os.PathLike, path: str | os.PathLike) -> Path | Non
 def _save(fig: Figure, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, format="png")
+    fig.savefig(path, dpi=DPI, format="png", bbox_inches="tight", pad_inches=0.1)  # long row labels, colourbar ticks
     return path
 
 
