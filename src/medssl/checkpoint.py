@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from medssl import __version__
+from medssl.files import atomic_file
 from medssl.errors import MedsslError
 
 CHECKPOINT_DIR = "checkpoints"
@@ -48,27 +49,9 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     """torch.save to a temporary file beside `path`, fsync, then rename over it: `path` is never partial."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:  # some file systems cannot fsync a folder; the data is already safe
-        pass
-    return path
+    with atomic_file(path) as f:
+        torch.save(obj, f)
+    return Path(path)
 
 
 @functools.lru_cache(maxsize=1)

@@ -24,6 +24,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from medssl.files import atomic_file
 from medssl.errors import MedsslError
 
 INDEX_FILE, ITEMS_FILE = "index.faiss", "items.json"
@@ -187,8 +188,9 @@ class Index:
         items = {"format": FORMAT, "dim": self.dim, "count": len(self), "ivf": self.is_ivf, "nlist": self.nlist,
                  "nprobe": self.nprobe, "index_sha256": hashlib.sha256(blob).hexdigest(), "ids": self.ids,
                  "patients": self.patients, "labels": [sorted(ls) for ls in self.labels], "texts": self.texts}
-        _atomic_write(folder / INDEX_FILE, blob)
-        _atomic_write(folder / ITEMS_FILE, json.dumps(items).encode())
+        for name, data in ((INDEX_FILE, blob), (ITEMS_FILE, json.dumps(items).encode())):
+            with atomic_file(folder / name) as f:
+                f.write(data)
         return folder
 
     @classmethod
@@ -226,17 +228,3 @@ def _check_int(value: int, name: str, low: int) -> int:
 
 def _check_threads(threads: int) -> int:
     return _check_int(threads, "threads", 1)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """data to a temporary file beside path, fsync, then rename over it: path is never partial."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
