@@ -89,7 +89,10 @@ def test_index_dicom_folder_takes_ids_from_tags(cli, tmp_path):
     recs = read_manifest(root / "manifest.csv")
     assert len(recs) == 3
     ct = next(r for r in recs if r.path.endswith("CT_small.dcm"))
-    assert ct.patient_id == str(pydicom.dcmread(PYDICOM_FILES / "CT_small.dcm").PatientID)
+    from medssl.data.dicom import pseudonym
+
+    raw = str(pydicom.dcmread(PYDICOM_FILES / "CT_small.dcm").PatientID)
+    assert ct.patient_id == pseudonym(raw) != raw                # the tag's id, pseudonymised
 
 
 def test_corrupt_image_fails_with_one_line_and_skip_bad_goes_on(cli, tmp_path):

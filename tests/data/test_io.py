@@ -21,6 +21,7 @@ from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, g
 from pydicom.uid import JPEG2000Lossless
 
 from medssl.data import dicom, io
+from medssl.data.dicom import pseudonym
 from medssl.data.io import (META_KEYS, NpzArrays, image_format, npz_image, read_dicom, read_header, read_image,
                             read_nifti, read_npz, read_png_jpeg_tiff)
 from medssl.errors import ImageReadError
@@ -88,7 +89,7 @@ def test_ct_small_is_rescaled_then_min_max_scaled():
     arr, meta = read_image(PYDICOM_FILES / "CT_small.dcm")
     assert arr.dtype == np.float32 and arr.shape == (128, 128)
     np.testing.assert_allclose(arr, minmax(hu), atol=1e-5)
-    assert meta["modality"] == "CT" and meta["patient_id"] == "1CT1"
+    assert meta["modality"] == "CT" and meta["patient_id"] == pseudonym("1CT1") and "1CT1" not in str(meta)
     assert meta["study_id"] == ds.StudyInstanceUID
     assert meta["spacing"] == pytest.approx((0.661468, 0.661468))
     assert (meta["n_images"], meta["bits"], meta["photometric"], meta["voi"]) == (1, 16, "MONOCHROME2", "minmax")
@@ -156,7 +157,7 @@ def test_monochrome1_is_inverted_after_the_window(rg1):
     _, arr, meta, ds = rg1
     assert ds.PhotometricInterpretation == "MONOCHROME1"
     np.testing.assert_allclose(arr, 1 - linear_window(ds.pixel_array, 15000, 30000), atol=1e-5)
-    assert meta["view"] == "PA" and meta["modality"] == "CR" and meta["patient_id"] == "9RG1"
+    assert meta["view"] == "PA" and meta["modality"] == "CR" and meta["patient_id"] == pseudonym("9RG1") and "9RG1" not in str(meta)
     assert meta["spacing"] is None  # the file says PixelSpacing 0.000\0.000: unknown, not zero
 
 
@@ -236,7 +237,7 @@ def test_palette_colour_without_preamble():
 
 def test_read_header_ct_small():
     meta = read_header(PYDICOM_FILES / "CT_small.dcm")
-    assert (meta["patient_id"], meta["modality"], meta["shape"], meta["n_images"]) == ("1CT1", "CT", (128, 128), 1)
+    assert (meta["patient_id"], meta["modality"], meta["shape"], meta["n_images"]) == (pseudonym("1CT1"), "CT", (128, 128), 1)
     assert meta["study_id"] == "1.3.6.1.4.1.5962.1.2.1.20040119072730.12322"
 
 
@@ -251,7 +252,7 @@ def test_read_header_does_not_decode_pixels(monkeypatch):
     start = time.perf_counter()
     meta = read_header(path)
     assert time.perf_counter() - start < 0.05
-    assert (meta["patient_id"], meta["view"], meta["modality"], meta["shape"]) == ("9RG1", "PA", "CR", (1955, 1841))
+    assert (meta["patient_id"], meta["view"], meta["modality"], meta["shape"]) == (pseudonym("9RG1"), "PA", "CR", (1955, 1841))
     assert meta["study_id"] == "1.3.6.1.4.1.5962.1.2.9.20040826185059.5457"
 
 
@@ -546,3 +547,20 @@ def test_read_header_nifti_and_npz(medmnist_file):
     meta = read_header(medmnist_file[0])
     assert (meta["format"], meta["shape"], meta["n_images"]) == ("npz", (8, 8), 10)
     assert meta["splits"] == {"train": 5, "val": 2, "test": 3}
+
+
+def test_a_dicom_patient_id_is_kept_only_as_a_pseudonym_in_records_and_manifests(tmp_path, cli):
+    """The house rule: a DICOM's patient id is never written out. Indexing wrote the raw PatientID into
+    manifest.csv (and every split, report and metrics file that names patients)."""
+    from pydicom.data import get_testdata_file
+
+    folder = tmp_path / "dicoms"
+    folder.mkdir()
+    for i, name in enumerate(("CT_small.dcm", "MR_small.dcm")):
+        (folder / f"{i}.dcm").write_bytes(Path(get_testdata_file(name)).read_bytes())
+    raw = {str(pydicom.dcmread(get_testdata_file(n)).PatientID) for n in ("CT_small.dcm", "MR_small.dcm")}
+    code, out, err = cli("data", "index", folder)
+    assert code == 0, err
+    text = (folder / "manifest.csv").read_text()
+    assert not any(r in text or r in out for r in raw)
+    assert all(pseudonym(r) in text for r in raw)               # still grouped by patient

@@ -11,6 +11,7 @@ Frames are (rows, columns) as stored. Every bad input raises ImageReadError whos
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from pathlib import Path
 
@@ -66,12 +67,22 @@ def _spacing(ds: Dataset) -> tuple[float, float] | None:
     return None
 
 
+def pseudonym(patient_id: str | None) -> str | None:
+    """The patient key medssl keeps for a DICOM's PatientID: "p-" and 16 hex digits of its SHA-256, so images
+    still group by patient while the id itself is never logged, printed, returned or written out (manifests,
+    splits, reports). Unsalted: the same id gives the same key on every machine, so a short guessable id can be
+    found again by trying candidates; treat manifests as pseudonymised, not anonymous."""
+    if not patient_id:
+        return None
+    return "p-" + hashlib.sha256(f"medssl-patient\x00{patient_id}".encode()).hexdigest()[:16]
+
+
 def _dicom_meta(ds: Dataset) -> dict:
     rows, cols = ds.get("Rows"), ds.get("Columns")
     ts = ds.file_meta.get("TransferSyntaxUID")
     return _meta(
         "dicom", (rows, cols) if rows and cols else None, int(ds.get("NumberOfFrames") or 1),
-        patient_id=_text(ds.get("PatientID")), study_id=_text(ds.get("StudyInstanceUID")),
+        patient_id=pseudonym(_text(ds.get("PatientID"))), study_id=_text(ds.get("StudyInstanceUID")),
         view=_text(ds.get("ViewPosition")), modality=_text(ds.get("Modality")), spacing=_spacing(ds),
         bits=ds.get("BitsStored"), photometric=_text(ds.get("PhotometricInterpretation")),
         series_id=_text(ds.get("SeriesInstanceUID")), transfer_syntax=ts.name if ts else None,
