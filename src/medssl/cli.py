@@ -227,6 +227,36 @@ def cmd_zeroshot(args: argparse.Namespace) -> int:
     return 0
 
 
+
+def cmd_retrieve(args: argparse.Namespace) -> int:
+    """`medssl retrieve`: nearest images and report sentences to a query, or --evaluate retrieval on the test split."""
+    from medssl.retrieve_run import (EVALUATE, FOLDER, evaluate_lines, result_lines, run_evaluate_retrieval,
+                                     run_folder, run_retrieve)
+
+    ks = [1, 5, 10] if args.evaluate else [5]
+    if args.k is not None:
+        try:
+            ks = [int(k) for k in args.k.split(",")]
+        except ValueError:
+            raise MedsslError(f"--k {args.k}: expected whole numbers >= 1 separated by commas") from None
+    if args.evaluate:
+        if args.image is not None or args.text is not None:
+            raise MedsslError("retrieve: --evaluate takes its queries from the test split; drop --image / --text")
+        metrics = run_evaluate_retrieval(args.run, ks=ks, data=args.data, rebuild=args.rebuild, threads=args.threads,
+                                         skip_bad=args.skip_bad, progress=not args.quiet)
+        if args.json:
+            print(json.dumps(metrics, default=float))
+        else:
+            print("\n".join(evaluate_lines(metrics)))
+            print(f"wrote {run_folder(args.run) / FOLDER / EVALUATE}")
+        return 0
+    if len(ks) != 1:
+        raise MedsslError(f"--k {','.join(map(str, ks))}: a single query takes one K")
+    result = run_retrieve(args.run, image=args.image, text=args.text, k=ks[0], data=args.data, rebuild=args.rebuild,
+                          threads=args.threads, skip_bad=args.skip_bad, progress=not args.quiet)
+    print(json.dumps(result, default=float) if args.json else "\n".join(result_lines(result)))
+    return 0
+
 def cmd_predict(args: argparse.Namespace) -> int:
     """Class probabilities of each image from a classifier bundle."""
     from medssl.data.io import IMAGE_SUFFIXES
@@ -456,6 +486,37 @@ def build_parser() -> argparse.ArgumentParser:
     zs.add_argument("--skip-bad", action="store_true", help="go on past unreadable images and list them")
     zs.add_argument("--quiet", action="store_true", help="no progress bars")
     zs.set_defaults(func=cmd_zeroshot)
+
+    rt = sub.add_parser(
+        "retrieve", help="nearest cases and report sentences to an image or text with an image-text run (medssl align)",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog="""\
+galleries: a single query searches every split of the source; --evaluate queries the test split against
+train+val, leaving each query's own patient out. Indexes are built on first use and kept in RUN/retrieval/<source>/
+(rebuilt when the run or the source changes, or with --rebuild). Patients and studies are shown as digests
+(p-..., s-...), never as the source's raw ids.
+
+examples:
+  medssl retrieve runs/convirt --text "large right pleural effusion" --k 5
+      the 5 nearest images and report sentences of the built-in synthetic data with the run's parameters
+  medssl retrieve runs/convirt --image scan.dcm --data labelled/manifest.csv --json
+      the cases of your data nearest to a DICOM (or PNG, ...) image, as one JSON object
+  medssl retrieve runs/convirt --evaluate --k 1,5,10
+      Precision@K, Recall@K, mAP and chance for image->image, text->image and image->text""")
+    rt.add_argument("run", help="run folder or checkpoint of medssl align (convirt, clip, gloria)")
+    rt.add_argument("--image", help="query image file (PNG, JPEG, TIFF, DICOM, NIfTI)")
+    rt.add_argument("--text", help="query text, e.g. a finding or a report sentence")
+    rt.add_argument("--k", metavar="K[,K...]",
+                    help="hits per index for a query (default 5); the Ks of --evaluate (default 1,5,10)")
+    rt.add_argument("--evaluate", action="store_true",
+                    help="score retrieval on the test split (writes RUN/retrieval/evaluate.json)")
+    rt.add_argument("--data", help="labelled source: manifest .csv, folder, .npz (default: built-in synthetic data "
+                    "with the run's parameters)")
+    rt.add_argument("--rebuild", action="store_true", help="rebuild the saved indexes even if they are current")
+    rt.add_argument("--threads", type=int, help="CPU threads for encoding and search (default: torch's current)")
+    rt.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    rt.add_argument("--skip-bad", action="store_true", help="go on past unreadable gallery images and list them")
+    rt.add_argument("--quiet", action="store_true", help="no progress bars")
+    rt.set_defaults(func=cmd_retrieve)
 
     pr = sub.add_parser("predict", help="class probabilities of images from a classifier bundle (medssl evaluate's)")
     pr.add_argument("bundle", help="bundle file (RUN/evaluate/bundles/finetune.pt) or run folder")

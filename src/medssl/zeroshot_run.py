@@ -22,9 +22,11 @@ from torch import nn
 
 from medssl.checkpoint import load_checkpoint, resolve_checkpoint
 from medssl.data.preprocess import Preprocess
+from medssl.data.splits import by_split
 from medssl.data.tasks import Task, targets
 from medssl.errors import MedsslError
-from medssl.evaluate.data import builtin_data, decode_split, plan_source
+from medssl.evaluate.checks import check_split_sizes
+from medssl.evaluate.data import EvalData, builtin_data, decode_split, load_records, plan_source
 from medssl.evaluate.options import EvalOptions
 from medssl.evaluate.zeroshot import evaluate_zeroshot
 from medssl.methods import build_model, method
@@ -68,6 +70,35 @@ def load_image_text(path: str | Path) -> ImageTextRun:
                         spec, meta)
 
 
+def load_run_source(run: str | Path, data: str | None, out: Path, n_boot: int = 1000, skip_bad: bool = False,
+                    progress: bool = True, classify: bool = True) -> tuple[ImageTextRun, EvalData]:
+    """An align run's model and the planned data it is used on (records split by patient, nothing decoded): --data
+    (its split column, else the seeded patient-level 70/10/20 split of `medssl evaluate`), or without it the
+    built-in synthetic set with the run's own parameters, written to OUT/data (so its val / test patients are the
+    ones the run's pretraining never saw). The cheap checks of --data run before the model loads; OUT is created.
+    classify=False (retrieval) skips the classification checks (a task with two classes, each class both present
+    and absent in the test split): only non-empty splits are asked, and the plan's task lists every label, y is
+    empty. Shared by `medssl zeroshot` and `medssl retrieve`."""
+    opts = EvalOptions(checkpoint=str(run), data=data, out=Path(out), protocols=("linear",), fractions=(1.0,),
+                       seeds=1, baseline=None, n_boot=n_boot, skip_bad=skip_bad, progress=progress).validate()
+    plan_of = plan_source if classify else _split_source
+    plan = plan_of(opts, data) if data is not None else None  # cheap checks before the model loads
+    aligned = load_image_text(run)
+    Path(out).mkdir(parents=True, exist_ok=True)
+    if plan is None:
+        plan = plan_of(opts, builtin_data(opts, aligned.preprocess, aligned.meta.get("config", {}).get("data")))
+    return aligned, plan
+
+
+def _split_source(opts: EvalOptions, source: str | Path) -> EvalData:
+    """A source's labelled records split by patient, each split non-empty; no classification checks."""
+    records, skipped = load_records(opts, source)
+    splits = by_split(records)
+    check_split_sizes(splits, str(source))
+    task = Task("multilabel", tuple(sorted({x for r in records for x in r.labels})))
+    return EvalData(splits, {}, {}, task, 0, str(source), skipped=list(skipped))
+
+
 def _subset_task(task: Task, y: np.ndarray, classes: tuple[str, ...] | None) -> tuple[Task, np.ndarray]:
     """The findings asked for (--classes) of a multi-label task; other tasks are scored over all their classes."""
     if not classes:
@@ -90,13 +121,7 @@ def run_zeroshot(run: str | Path, data: str | None = None, out: Path | None = No
     """Zero-shot metrics of the run on a test split; written to OUT/zeroshot.json and returned."""
     t0 = time.perf_counter()
     out = Path(out) if out is not None else Path(run) / "zeroshot"
-    opts = EvalOptions(checkpoint=str(run), data=data, out=out, protocols=("linear",), fractions=(1.0,), seeds=1,
-                       baseline=None, n_boot=n_boot, skip_bad=skip_bad, progress=progress).validate()
-    plan = plan_source(opts, data) if data is not None else None  # cheap checks before the model loads
-    aligned = load_image_text(run)
-    out.mkdir(parents=True, exist_ok=True)
-    if plan is None:
-        plan = plan_source(opts, builtin_data(opts, aligned.preprocess, aligned.meta.get("config", {}).get("data")))
+    aligned, plan = load_run_source(run, data, out, n_boot=n_boot, skip_bad=skip_bad, progress=progress)
     # only the test split is decoded: nothing is trained
     kept, images, bad = decode_split(plan.splits["test"], aligned.preprocess, skip_bad, progress, "test")
     if not kept:
