@@ -69,3 +69,21 @@ class TinyNet(nn.Module):
 
     def forward(self, x):
         return self.net(x)
+
+
+# A tiny image-text run, shared by the zeroshot and retrieve tests
+ALIGN_TINY = ["data.size=16", "data.synthetic_patients=16", "data.batch_size=8", "data.num_workers=0",
+              "train.steps=3", "model.stem=small", "model.options.context=32", "model.options.text_width=32",
+              "model.options.text_depth=1", "model.options.text_heads=2", "model.options.proj_dim=16",
+              "train.log_every=1"]
+
+
+@pytest.fixture(scope="session")
+def clip_run(tmp_path_factory):
+    """A tiny CLIP run of `medssl align` (16 px, 3 steps) on built-in data: for zeroshot and retrieve."""
+    from medssl.cli import main
+
+    run = tmp_path_factory.mktemp("align") / "clip"
+    sets = [a for kv in ALIGN_TINY for a in ("--set", kv)]
+    assert main(["align", "--config", "configs/clip.yaml", "--out", str(run), "--quiet", *sets]) == 0
+    return run

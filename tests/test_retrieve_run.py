@@ -11,21 +11,6 @@ import pytest
 
 from medssl.errors import MedsslError
 
-ALIGN = ["data.size=16", "data.synthetic_patients=16", "data.batch_size=8", "data.num_workers=0", "train.steps=3",
-         "model.stem=small", "model.options.context=32", "model.options.text_width=32", "model.options.text_depth=1",
-         "model.options.text_heads=2", "model.options.proj_dim=16", "train.log_every=1"]
-
-
-@pytest.fixture(scope="module")
-def clip_run(tmp_path_factory):
-    from medssl.cli import main
-
-    run = tmp_path_factory.mktemp("rt") / "clip"
-    sets = [a for kv in ALIGN for a in ("--set", kv)]
-    assert main(["align", "--config", "configs/clip.yaml", "--out", str(run), "--quiet", *sets]) == 0
-    return run
-
-
 @pytest.fixture(scope="module")
 def first(clip_run):
     """The first query of the module: it builds the indexes."""
