@@ -63,6 +63,34 @@ def latency(index: Index, queries: np.ndarray, patients: list[str], k: int) -> d
             "batched_queries_per_s": round(len(queries) / batch, 1)}
 
 
+def measure(n: int = 100_000, dim: int = 128, n_queries: int = 1000, k: int = 5,
+            nprobes: tuple[int, ...] = (16, 64), thread_counts: tuple[int, ...] | None = None) -> dict:
+    """Every figure as one dict: exact and IVF indexes over n seeded unit vectors (n, dim), built and searched with
+    each thread count (default: 1 and every core); n_queries indexed items searched alone, own patient excluded."""
+    x = embeddings(n, dim, seed=0)
+    qi = np.random.default_rng(1).choice(n, n_queries, replace=False)
+    queries, patients = x[qi], [f"p{i // 2}" for i in qi]
+    result = {"benchmark": "retrieval_latency", "machine": {**machine(), "faiss": faiss.__version__},
+              "n": n, "dim": dim, "k": k, "queries": n_queries,
+              "ivf_nlist": default_nlist(n), "target_ms_per_query": TARGET_MS, "runs": []}
+    for threads in thread_counts or sorted({1, os.cpu_count() or 1}):
+        flat, seconds = build(x, "flat", 1, threads)
+        exact = flat.search(queries, k, exclude_patient=patients).rows
+        result["runs"].append({"index": "flat", "threads": threads, "build_s": round(seconds, 3),
+                               **latency(flat, queries, patients, k), "recall_vs_exact": 1.0})
+        ivf, seconds = build(x, "ivf", nprobes[0], threads)
+        for nprobe in nprobes:
+            ivf.nprobe = nprobe
+            found = ivf.search(queries, k, exclude_patient=patients).rows
+            recall = np.mean([len(set(a) & set(b)) / k for a, b in zip(found, exact)])
+            result["runs"].append({"index": f"ivf nprobe={nprobe}", "threads": threads, "build_s": round(seconds, 3),
+                                   **latency(ivf, queries, patients, k),
+                                   "recall_vs_exact": round(float(recall), 4)})
+    result["meets_target"] = {f"{r['index']}, {r['threads']} thread(s)": r["median_ms"] < TARGET_MS
+                              for r in result["runs"]}
+    return result
+
+
 def main() -> None:
     """Run every figure, print one JSON object and a table."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -73,27 +101,7 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=5)
     ap.add_argument("--nprobe", type=int, nargs="+", default=[16, 64], help="IVF cells scanned per query")
     args = ap.parse_args()
-    x = embeddings(args.n, args.dim, seed=0)
-    qi = np.random.default_rng(1).choice(args.n, args.queries, replace=False)
-    queries, patients = x[qi], [f"p{i // 2}" for i in qi]
-    result = {"benchmark": "retrieval_latency", "machine": {**machine(), "faiss": faiss.__version__},
-              "n": args.n, "dim": args.dim, "k": args.k, "queries": args.queries,
-              "ivf_nlist": default_nlist(args.n), "target_ms_per_query": TARGET_MS, "runs": []}
-    for threads in sorted({1, os.cpu_count() or 1}):
-        flat, seconds = build(x, "flat", 1, threads)
-        exact = flat.search(queries, args.k, exclude_patient=patients).rows
-        result["runs"].append({"index": "flat", "threads": threads, "build_s": round(seconds, 3),
-                               **latency(flat, queries, patients, args.k), "recall_vs_exact": 1.0})
-        ivf, seconds = build(x, "ivf", args.nprobe[0], threads)
-        for nprobe in args.nprobe:
-            ivf.nprobe = nprobe
-            found = ivf.search(queries, args.k, exclude_patient=patients).rows
-            recall = np.mean([len(set(a) & set(b)) / args.k for a, b in zip(found, exact)])
-            result["runs"].append({"index": f"ivf nprobe={nprobe}", "threads": threads, "build_s": round(seconds, 3),
-                                   **latency(ivf, queries, patients, args.k),
-                                   "recall_vs_exact": round(float(recall), 4)})
-    result["meets_target"] = {f"{r['index']}, {r['threads']} thread(s)": r["median_ms"] < TARGET_MS
-                              for r in result["runs"]}
+    result = measure(args.n, args.dim, args.queries, args.k, tuple(args.nprobe))
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:
