@@ -122,7 +122,8 @@ def encode_texts(aligned: ImageTextRun, texts: Sequence[str], progress: bool = F
 def encode_image_tensor(aligned: ImageTextRun, images: torch.Tensor, progress: bool = False) -> np.ndarray:
     """Unit image embeddings (N, D) float32 of decoded images (N, 1, S, S) uint8, without gradients."""
     with torch.no_grad():
-        return encode_images(aligned.model, images, aligned.preprocess, progress=progress).numpy().astype(np.float32)
+        return encode_images(aligned.model, images, aligned.preprocess, progress=progress,
+                             desc="retrieval: encoding images").numpy().astype(np.float32)
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -15,10 +16,12 @@ from medssl.errors import MedsslError
 
 @torch.no_grad()
 def extract_features(backbone: nn.Module, images: Tensor, preprocess: Preprocess | None = None,
-                     batch_size: int = 256, bar: tqdm | None = None) -> np.ndarray:
+                     batch_size: int = 256, bar: tqdm | None = None,
+                     encode: Callable[[Tensor], Tensor] | None = None) -> np.ndarray:
     """Pooled features (N, D) float32 of stored images (N, 1 or C, S, S), uint8 or float in [0, 1], fed through
     the model's Preprocess (default: the images' own side and channels); eval mode, no gradients.
-    bar: a progress bar (the caller's, which may span several calls) advanced by the images done."""
+    bar: a progress bar (the caller's, which may span several calls) advanced by the images done.
+    encode: what maps a batch to features (default: the module itself; an image-text model's encode_image)."""
     if images.ndim != 4:
         raise MedsslError(f"expected images (N, C, S, S), got shape {tuple(images.shape)}")
     preprocess = preprocess or Preprocess(int(images.shape[-1]), int(images.shape[1]))
@@ -28,7 +31,7 @@ def extract_features(backbone: nn.Module, images: Tensor, preprocess: Preprocess
     try:
         device = next(backbone.parameters(), torch.empty(0)).device
         for x in preprocess.batches(images, batch_size, device):
-            chunks.append(backbone(x).float().cpu())
+            chunks.append((encode or backbone)(x).float().cpu())
             if bar is not None:
                 bar.update(len(x))
     finally:

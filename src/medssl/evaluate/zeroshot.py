@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,11 +38,11 @@ import torch
 import torch.nn.functional as F
 import yaml
 from torch import Tensor
-from tqdm import tqdm
 
 from medssl.data.preprocess import Preprocess
 from medssl.data.tasks import NEGATIVE_NAMES, Task
 from medssl.errors import MedsslError
+from medssl.evaluate.features import extract_features, feature_bar
 from medssl.evaluate.metrics import bootstrap_intervals, classification_metrics
 from medssl.text.reports import clean_text
 
@@ -305,27 +304,17 @@ def zeroshot_scores(images: Tensor, positive: Tensor, negative: Tensor | None, t
 
 @torch.no_grad()
 def encode_images(model: ImageTextModel, images: Tensor, preprocess: Preprocess | None = None,
-                  batch_size: int = 64, progress: bool = True) -> Tensor:
+                  batch_size: int = 64, progress: bool = True, desc: str = "zero-shot: encoding images") -> Tensor:
     """Normalised embeddings (N, D) of stored images (N, 1 or C, S, S), uint8 or float in [0, 1], fed through the
-    model's Preprocess in batches; eval mode, no gradients, the model's mode restored; a tqdm bar unless
-    progress=False."""
+    model's Preprocess in batches; eval mode, no gradients, the model's mode restored (features.extract_features
+    with the model's encode_image); a tqdm bar named desc unless progress=False."""
     if images.ndim != 4 or len(images) == 0:
         raise MedsslError(f"zero-shot: expected images (N, C, S, S) with N >= 1, got shape {tuple(images.shape)}")
     if batch_size < 1:
         raise MedsslError(f"zero-shot: batch_size must be at least 1, got {batch_size}")
-    preprocess = preprocess or Preprocess(int(images.shape[-1]), int(images.shape[1]))
-    was_training = model.training
-    model.eval()
-    chunks = []
-    try:
-        with tqdm(total=len(images), desc="zero-shot: encoding images", unit="img", leave=False,
-                  disable=not progress, file=sys.stderr, dynamic_ncols=True) as bar:
-            for x in preprocess.batches(images, batch_size, _device(model)):
-                chunks.append(F.normalize(model.encode_image(x).float(), dim=-1).cpu())  # (b, D)
-                bar.update(len(x))
-    finally:
-        model.train(was_training)
-    return torch.cat(chunks)
+    with feature_bar(len(images), desc, progress) as bar:
+        features = extract_features(model, images, preprocess, batch_size, bar, encode=model.encode_image)
+    return F.normalize(torch.from_numpy(features), dim=-1)  # (N, D)
 
 
 def _class_intervals(y: np.ndarray, scores: np.ndarray, task: Task, groups: Sequence[str], n_boot: int,
