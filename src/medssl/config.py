@@ -60,6 +60,7 @@ class ModelConfig:
 
     backbone: str = "resnet18"
     stem: str | None = None  # ResNet stem: cifar, small, imagenet; None = chosen from the image size
+    width: int | None = None  # ResNet only: first stage's channels (then x2 per stage); None = 64, the papers' width
     patch_size: int | None = None  # ViT only; None = chosen from the image size
     depth: int | None = None  # ViT only; None = the named model's depth
     options: Any = None  # e.g. {temperature: 0.1, proj_dim: 128}; checked by the method's Options
@@ -83,8 +84,9 @@ class PretrainConfig:
     def model_spec(self) -> ModelSpec:
         """The typed model spec of this run (stored in its checkpoints)."""
         m = self.model
-        return ModelSpec(m.backbone, m.stem, m.patch_size, m.depth, self.data.channels, self.data.size,
-                         self.method, m.options)
+        return ModelSpec(backbone=m.backbone, stem=m.stem, patch_size=m.patch_size, depth=m.depth,
+                         in_channels=self.data.channels, image_size=self.data.size, method=self.method,
+                         options=m.options, width=m.width)
 
 
 def from_dict(data: dict[str, Any]) -> PretrainConfig:

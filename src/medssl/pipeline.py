@@ -1,10 +1,11 @@
 """`medssl demo`: the SSCMIRG run on the built-in synthetic chest radiographs, in stages that skip when done.
 
-synthesise + split -> SimCLR and MICLe pretraining -> linear probe and LP-FT fine-tuning at 1 / 10 / 100 % of the
-labels against a scratch baseline, over seeds -> `predict` with the kept classifier on test images -> one
-report.html. Every stage writes into the run folder and is skipped when its outputs exist there, so a killed demo
-goes on where it stopped (a killed pretraining resumes from its last checkpoint). Image-text alignment and
-report generation join this same run as they land.
+synthesise + split -> SimCLR and MICLe pretraining on the images, ConVIRT alignment on the images and their
+reports -> linear probe and LP-FT fine-tuning of each at 1 / 10 / 100 % of the labels against a scratch baseline,
+over seeds -> zero-shot classification and retrieval with the ConVIRT run -> `predict` with the kept classifier on
+test images -> one report.html. Every stage writes into the run folder and is skipped when its outputs exist
+there, so a killed demo goes on where it stopped (a killed pretraining resumes from its last checkpoint). Report
+generation joins this same run when it lands.
 """
 
 from __future__ import annotations
@@ -19,8 +20,11 @@ from typing import Any
 from medssl import __version__, html
 from medssl.errors import MedsslError
 
-METHODS = ("simclr", "micle")  # the demo's pretraining arms (names of medssl.methods.METHODS)
+IMAGE_METHODS = ("simclr", "micle")  # `medssl pretrain` arms (names of medssl.methods.METHODS)
+TEXT_METHOD = "convirt"  # the `medssl align` arm: images and their reports
+METHODS = (*IMAGE_METHODS, TEXT_METHOD)
 DONE = "stages.json"
+TEXT_QUERIES = ("pleural effusion", "cardiomegaly")  # retrieval examples by words (synthetic findings)
 
 
 @dataclass(frozen=True)
@@ -31,9 +35,10 @@ class DemoSettings:
     size: int = 32
     seed: int = 0
     pretrain_steps: int = 150
-    pretrain_batch: int = 128
+    pretrain_batch: int = 64
     stem: str = "small"
-    finetune_steps: int = 60
+    width: int = 32  # ResNet-18 at half the papers' width: a quarter of the compute, for a 2-core CPU
+    finetune_steps: int = 40
     fractions: tuple[float, ...] = (0.01, 0.1, 1.0)
     seeds: int = 3
     n_boot: int = 200
@@ -41,7 +46,8 @@ class DemoSettings:
 
     def validate(self) -> "DemoSettings":
         """Raise MedsslError naming a bad value."""
-        for name in ("patients", "size", "pretrain_steps", "pretrain_batch", "finetune_steps", "seeds", "n_boot"):
+        for name in ("patients", "size", "pretrain_steps", "pretrain_batch", "width", "finetune_steps", "seeds",
+                     "n_boot"):
             if getattr(self, name) < 1:
                 raise MedsslError(f"demo: {name}={getattr(self, name)} must be positive")
         if not self.fractions or any(not 0 < f <= 1 for f in self.fractions):
@@ -92,22 +98,30 @@ class Demo:
         plots.label_balance(summary, self.out / "plots" / "label_balance.png")
         (self.out / "data_summary.json").write_text(json.dumps(summary, indent=2, default=str))
 
+    def run_dir(self, method: str) -> Path:
+        """Where a method's pretraining run lives: align/<method> for image-text methods, else pretrain/<method>."""
+        return self.out / ("align" if method == TEXT_METHOD else "pretrain") / method
+
     def pretrain(self, method: str) -> None:
-        """Self-supervised pretraining on the train split (resumed when a killed run left a checkpoint)."""
+        """Pretraining on the train split (resumed when a killed run left a checkpoint): self-supervised on the
+        images, or aligned with the reports (ConVIRT: one report sentence per step as the text view)."""
         from medssl.checkpoint import last_checkpoint
         from medssl.config import load_config
+        from medssl.data.records import read_manifest
         from medssl.pretrain import run_pretrain
 
-        from medssl.data.records import read_manifest
-
-        s, run = self.s, self.out / "pretrain" / method
-        train = sum(r.split == "train" for r in read_manifest(self.manifest))
-        batch = min(s.pretrain_batch, train)  # a small demo holds fewer training images than one batch
-        cfg = load_config(None, [f"method={method}", f"data.source={self.manifest}", f"data.size={s.size}",
-                                 f"data.batch_size={batch}", "data.num_workers=1",
-                                 f"model.stem={s.stem}", f"train.steps={s.pretrain_steps}", "train.log_every=5",
-                                 "train.checkpoint_every=50", "train.channels_last=true", "optim.warmup_steps=10",
-                                 "optim.grad_clip=5.0", f"train.seed={s.seed}", "model.options.proj_dim=64"])
+        s, run = self.s, self.run_dir(method)
+        records = [r for r in read_manifest(self.manifest) if r.split == "train"]
+        units = len({r.study_id for r in records}) if method == TEXT_METHOD else len(records)
+        batch = min(s.pretrain_batch, units)  # a small demo holds fewer training images (studies) than one batch
+        overrides = [f"method={method}", f"data.source={self.manifest}", f"data.size={s.size}",
+                     f"data.batch_size={batch}", "data.num_workers=1", f"model.stem={s.stem}",
+                     f"model.width={s.width}", f"train.steps={s.pretrain_steps}", "train.log_every=5",
+                     "train.checkpoint_every=50", "train.channels_last=true", "optim.warmup_steps=10",
+                     "optim.grad_clip=5.0", f"train.seed={s.seed}", "model.options.proj_dim=64"]
+        if method == TEXT_METHOD:
+            overrides += ["model.options.context=64", "optim.lr=0.0005", "optim.weight_decay=0.0001"]
+        cfg = load_config(None, overrides)
         run_pretrain(cfg, run, resume=last_checkpoint(run).is_file(), progress=self.progress)
 
     def evaluate(self, method: str, baseline: bool) -> None:
@@ -115,11 +129,36 @@ class Demo:
         from medssl.evaluate.run import EvalOptions, run_evaluate
 
         s = self.s
-        run_evaluate(EvalOptions(checkpoint=str(self.out / "pretrain" / method), data=str(self.manifest),
+        run_evaluate(EvalOptions(checkpoint=str(self.run_dir(method)), data=str(self.manifest),
                                  out=self.out / "evaluate" / method, protocols=("linear", "finetune"),
                                  fractions=s.fractions, seeds=s.seeds, baseline="scratch" if baseline else None,
                                  finetune_steps=s.finetune_steps, finetune_batch=32, n_boot=s.n_boot,
                                  progress=self.progress))
+
+    def zeroshot(self) -> None:
+        """Zero-shot classification of the test split with the ConVIRT run: prompts per finding, no labels."""
+        from medssl.zeroshot_run import run_zeroshot
+
+        run_zeroshot(self.run_dir(TEXT_METHOD), data=str(self.manifest), out=self.out / "zeroshot",
+                     n_boot=self.s.n_boot, progress=self.progress)
+
+    def retrieval(self) -> None:
+        """Retrieval scores (test queries against a train+val gallery, own patient left out) and a few examples:
+        images found by words, and images and report sentences found by a test image of another patient."""
+        from medssl.data.records import read_manifest
+        from medssl.retrieve_run import patient_of, run_evaluate_retrieval, run_retrieve
+
+        run, data = self.run_dir(TEXT_METHOD), str(self.manifest)
+        run_evaluate_retrieval(run, data=data, progress=self.progress)
+        test = [r for r in read_manifest(self.manifest) if r.split == "test"]
+        query = next((r for r in test if r.labels and r.view.upper() != "LATERAL"), test[0])
+        examples = [{"query": {"text": q}, "images": run_retrieve(run, text=q, k=4, data=data,
+                                                                 progress=False)["images"]} for q in TEXT_QUERIES]
+        found = run_retrieve(run, image=str(query.path), k=40, data=data, progress=False)
+        other = lambda hits: [h for h in hits if h["patient"] != patient_of(query)][:4]  # noqa: E731
+        examples.append({"query": {"image": str(query.path), "labels": sorted(query.labels)},
+                         "images": other(found["images"]), "sentences": other(found["sentences"])[:3]})
+        (self.out / "retrieval_examples.json").write_text(json.dumps(examples, indent=2))
 
     def predict(self) -> None:
         """The kept fine-tuned classifier on a few test images: what `medssl predict` prints."""
@@ -127,7 +166,7 @@ class Demo:
         from medssl.inference import load_bundle, predict
 
         test = [r for r in read_manifest(self.manifest) if r.split == "test"][: self.s.predict_images]
-        bundle = load_bundle(self.out / "evaluate" / METHODS[0] / "bundles" / "finetune.pt")
+        bundle = load_bundle(self.out / "evaluate" / IMAGE_METHODS[0] / "bundles" / "finetune.pt")
         rows = [{**r, "truth": sorted(rec.labels)} for r, rec in zip(predict(bundle, test), test)]
         (self.out / "predictions.json").write_text(json.dumps(rows, indent=2))
 
@@ -147,9 +186,11 @@ def run_demo(out: Path, settings: DemoSettings | None = None, progress: bool = T
     demo = Demo(out, s, progress)
     demo.stage("data", demo.data)
     for m in METHODS:
-        demo.stage(f"pretrain_{m}", lambda m=m: demo.pretrain(m))
+        demo.stage(f"{'align' if m == TEXT_METHOD else 'pretrain'}_{m}", lambda m=m: demo.pretrain(m))
     for i, m in enumerate(METHODS):
         demo.stage(f"evaluate_{m}", lambda m=m, i=i: demo.evaluate(m, baseline=i == 0))
+    demo.stage("zeroshot", demo.zeroshot)
+    demo.stage("retrieval", demo.retrieval)
     demo.stage("predict", demo.predict)
     from medssl.pipeline_html import write_demo_report
 

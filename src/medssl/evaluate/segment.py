@@ -113,7 +113,7 @@ class UNet(Trainable):
     def logits(self, image: Tensor) -> Tensor:
         """(B, C, H, W) -> (B, K, H, W) logits."""
         feats = self.backbone.feature_maps(image)                             # stem, layer1..4
-        x = feats[-1]                                                           # (B, 512 e, H / s, W / s)
+        x = feats[-1]                                                           # (B, 8 w e, H / s, W / s)
         for block, skip in zip(self.decoder, reversed(feats[:-1])):
             x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
             x = block(torch.cat([x, skip], dim=1))

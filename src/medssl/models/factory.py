@@ -1,7 +1,7 @@
 """The typed model spec and the one place backbones and classifiers are built from it.
 
-A `ModelSpec` says everything needed to rebuild a network: backbone, stem, patch size, depth, input channels,
-image size, and the pretraining method with its own typed options. It is stored (as plain data) in every
+A `ModelSpec` says everything needed to rebuild a network: backbone, stem, width, patch size, depth, input
+channels, image size, and the pretraining method with its own typed options. It is stored (as plain data) in every
 checkpoint and bundle, so loading never needs the run's config. The method module itself is built by
 `medssl.methods.build_model(spec)`: methods sit beside models and import them, so this file stays importable
 without any method (a service or notebook loads a backbone or a classifier from here alone).
@@ -33,6 +33,7 @@ class ModelSpec:
     image_size: int = 64
     method: str | None = None
     options: Any = None  # the method's typed options (a dataclass declared beside the method), or None
+    width: int | None = None  # ResNet only: the first stage's channels; None = 64 (the papers' width)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (for checkpoints and YAML)."""
@@ -56,7 +57,7 @@ class ModelSpec:
 
 def build_backbone(spec: ModelSpec) -> nn.Module:
     """A freshly initialised backbone (from the global torch RNG): (B, C, H, W) -> (B, feature_dim)."""
-    options = {k: getattr(spec, k) for k in ("stem", "patch_size", "depth") if getattr(spec, k) is not None}
+    options = {k: getattr(spec, k) for k in ("stem", "patch_size", "depth", "width") if getattr(spec, k) is not None}
     return create_backbone(spec.backbone, spec.in_channels, spec.image_size, **options)[0]
 
 
