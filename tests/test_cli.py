@@ -157,18 +157,27 @@ def test_demo_writes_summary_plots_and_html(cli, tmp_path):
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["settings"]["patients"] == 30 and metrics["settings"]["fractions"] == [0.1, 1.0]
     assert all(len(points) == 2 for points in metrics["curves"].values())        # every arm at both fractions
-    assert len(metrics["curves"]) == 5                                           # 2 methods x 2 protocols + scratch
+    assert len(metrics["curves"]) == 7                                           # 3 methods x 2 protocols + scratch
     assert "scratch (no pretraining)" in metrics["curves"] and len(metrics["predictions"]) == 6
     html = (run / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 4 and "synthetic" in html
-    for section in ("Label efficiency", "Test metrics", "Pretraining curves", "medssl predict", "Samples"):
+    for section in ("Label efficiency", "Test metrics", "Pretraining curves", "Image-text similarity",
+                    "Zero-shot classification", "Retrieval (ConVIRT)", "medssl predict", "Samples"):
         assert section in html, section
+    image_text = metrics["image_text"]
+    assert 0 <= image_text["zeroshot"]["roc_auc_macro"] <= 1 and "SimCLR+ConVIRT + LP-FT" in metrics["curves"]
+    assert {"image_to_image", "text_to_image", "image_to_text"} <= set(image_text["retrieval"])
+    examples = json.loads((run / "retrieval_examples.json").read_text())
+    assert [e["query"].get("text") for e in examples[:2]] == ["pleural effusion", "cardiomegaly"]
+    by_image = examples[2]                                                       # a test image: other patients only
+    assert by_image["images"] and by_image["sentences"]
+    assert all(h["patient"] != by_image["query"]["patient"] for h in by_image["images"] + by_image["sentences"])
     assert "[demo]" in out and metrics["verdict"]["text"] in out
     # a second run into the same folder skips the stages it finished; other settings or a foreign non-empty
     # folder are refused
     code, out, err = cli("demo", "--out", run, *tiny)
     assert code == 0, err
-    assert out.count("done in an earlier run") == len(metrics["stage_seconds"]) == 6
+    assert out.count("done in an earlier run") == len(metrics["stage_seconds"]) == 9
     code, _, err = cli("demo", "--out", run, *tiny, "--seeds", 2)
     assert code == 2
     one_error_line(err, "holds a demo run with other settings")

@@ -1,10 +1,13 @@
 """The demo's one page: every arm's label-efficiency curve on shared axes, the metric table with CIs, the
-pretraining curves, ROC, embedding and Grad-CAM plots of the evaluation, and the predictions; plus metrics.json."""
+pretraining curves, the image-text part (similarity matrix, zero-shot AUC beside chance, retrieval scores and
+examples), ROC, embedding and Grad-CAM plots of the evaluation, and the predictions; plus metrics.json."""
 
 from __future__ import annotations
 
 import csv
 import json
+
+import numpy as np
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,7 @@ from medssl.evaluate.outputs import ci_text, mean_spread, used_text
 
 ARMS = (("simclr", "linear", "SimCLR + linear probe"), ("simclr", "finetune", "SimCLR + LP-FT"),
         ("micle", "linear", "MICLe + linear probe"), ("micle", "finetune", "MICLe + LP-FT"),
+        ("convirt", "linear", "SimCLR+ConVIRT + linear probe"), ("convirt", "finetune", "SimCLR+ConVIRT + LP-FT"),
         ("simclr", "scratch", "scratch (no pretraining)"))
 
 
@@ -81,7 +85,7 @@ def training_curves(out: Path) -> Path | None:
     fig = Figure(figsize=(6.4, 3.6), layout="constrained")
     ax = fig.add_subplot()
     drawn = False
-    for log in sorted((out / "pretrain").glob("*/log.csv")):
+    for log in [*sorted((out / "pretrain").glob("*/log.csv")), *sorted((out / "align").glob("*/log.csv"))]:
         rows = list(csv.DictReader(log.open()))
         if rows:
             ax.plot([int(r["step"]) for r in rows], [float(r["loss"]) for r in rows], label=log.parent.name)
@@ -89,13 +93,121 @@ def training_curves(out: Path) -> Path | None:
     if not drawn:
         return None
     ax.set_xlabel("step")
-    ax.set_ylabel("pretraining loss (NT-Xent)")
-    ax.set_title("Self-supervised pretraining")
+    ax.set_ylabel("contrastive loss (NT-Xent / InfoNCE)")
+    ax.set_title("Pretraining (ConVIRT on image-report pairs)")
     ax.grid(alpha=0.3)
     ax.legend()
     path = out / "plots" / "pretraining.png"
     fig.savefig(path, dpi=120)
     return path
+
+
+def _read(path: Path) -> dict[str, Any] | list[Any] | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def zeroshot_rows(zs: dict[str, Any], linear: dict[str, Any] | None) -> list[dict[str, str]]:
+    """Per finding: zero-shot test AUC with its patient CI, beside chance (0.5) and, for scale, the ConVIRT linear
+    probe's macro AUC at the fewest labels."""
+    rows = []
+    for name, m in (zs.get("per_class") or {}).items():
+        auc, ci = m.get("roc_auc", float("nan")), m.get("roc_auc_ci95") or [float("nan")] * 2
+        rows.append({"finding": name, "test images with it": str(m.get("support", "")),
+                     "zero-shot AUC": "undefined (one class)" if auc != auc else f"{auc:.3f}",
+                     "95 % CI (patients)": "" if ci[0] != ci[0] else f"{ci[0]:.3f}-{ci[1]:.3f}", "chance": "0.500"})
+    ci = (zs.get("ci95") or {}).get("roc_auc_macro")
+    rows.append({"finding": "macro (classes with both outcomes)", "test images with it": str(zs.get("test_images")),
+                 "zero-shot AUC": f"{zs.get('roc_auc_macro', float('nan')):.3f}",
+                 "95 % CI (patients)": f"{ci[0]:.3f}-{ci[1]:.3f}" if ci else "", "chance": "0.500"})
+    if linear:
+        rows.append({"finding": f"for scale: SimCLR+ConVIRT + linear probe at {linear['fraction']} labels (macro)",
+                     "test images with it": "", "zero-shot AUC": linear["text"], "95 % CI (patients)": "",
+                     "chance": ""})
+    return rows
+
+
+def retrieval_rows(ev: dict[str, Any]) -> list[dict[str, str]]:
+    """Per direction: P@K per K, mAP and the chance precision (a random ranking's P@K)."""
+    rows = []
+    for name, m in ev.get("directions", {}).items():
+        row = {"direction": name.replace("_to_", " -> ")}
+        row.update({f"P@{k}": f"{m[f'precision@{k}']:.3f}" for k in ev["ks"]})
+        row.update({"mAP": f"{m['map']:.3f}", "chance P@K": f"{m['chance_precision']:.3f}"})
+        rows.append(row)
+    return rows
+
+
+def retrieval_figure(examples: list[dict[str, Any]], path: Path) -> Path | None:
+    """One row per query (words, or a test image): the query, then the images found, titled with their findings."""
+    from PIL import Image
+
+    rows = [e for e in examples if e.get("images")]
+    if not rows:
+        return None
+    cols = 1 + max(len(e["images"]) for e in rows)
+    fig = Figure(figsize=(1.9 * cols, 2.1 * len(rows)), layout="constrained")
+    axes = fig.subplots(len(rows), cols, squeeze=False)
+    for r, example in enumerate(rows):
+        for ax in axes[r]:
+            ax.set_axis_off()
+        q = example["query"]
+        if "text" in q:
+            axes[r][0].text(0.5, 0.5, f"query:\n\"{q['text']}\"", ha="center", va="center", wrap=True, fontsize=9)
+        else:
+            axes[r][0].imshow(np.asarray(Image.open(q["image"]).convert("L")), cmap="gray", vmin=0, vmax=255)
+            axes[r][0].set_title("query image\n" + ("+".join(q.get("labels", [])) or "no finding"), fontsize=8)
+        for c, hit in enumerate(example["images"], start=1):
+            axes[r][c].imshow(np.asarray(Image.open(hit["path"]).convert("L")), cmap="gray", vmin=0, vmax=255)
+            axes[r][c].set_title(f"#{hit['rank']} {hit['score']:.2f}\n" + ("+".join(hit["labels"]) or "no finding"),
+                                 fontsize=8)
+    fig.suptitle("ConVIRT retrieval (cosine similarity; the image query's own patient left out)", fontsize=10)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def image_text_sections(out: Path, curves: dict[str, dict]) -> tuple[list[tuple[str, str]], dict[str, Any]]:
+    """The ConVIRT part of the page and of metrics.json: similarity matrix, zero-shot, retrieval."""
+    sections: list[tuple[str, str]] = []
+    found: dict[str, Any] = {}
+    similarity = out / "align" / "convirt" / "plots" / "similarity.png"
+    if similarity.is_file():
+        sections.append(("Image-text similarity (ConVIRT, test studies)", html.paragraph(
+            "Each test image (row) against each whole report (column), cosine similarity in the joint space; the "
+            "diagonal holds the matching pairs.") + html.image(similarity, "image-text similarity matrix")))
+    zs = _read(out / "zeroshot" / "zeroshot.json")
+    if isinstance(zs, dict):
+        linear = curves.get("SimCLR+ConVIRT + linear probe")
+        fewest = None
+        if linear:
+            f = min(linear, key=float)
+            fewest = {"fraction": percent(float(f)), "text": mean_spread(linear[f]["roc_auc_macro"])}
+        found["zeroshot"] = {"roc_auc_macro": zs.get("roc_auc_macro"), "ci95": (zs.get("ci95") or {}).get(
+            "roc_auc_macro"), "per_class": {k: v.get("roc_auc") for k, v in (zs.get("per_class") or {}).items()}}
+        sections.append(("Zero-shot classification (ConVIRT, no labels)", html.paragraph(
+            f"Each finding scored on the {zs.get('test_images')} test images of {zs.get('test_patients')} patients by "
+            "the similarity of the image to prompts that state the finding against prompts that deny it (several "
+            "templates averaged); no label was used.") + html.table(zeroshot_rows(zs, fewest))))
+    ev = _read(out / "align" / "convirt" / "retrieval" / "evaluate.json")
+    if isinstance(ev, dict):
+        found["retrieval"] = {d: {k: v for k, v in m.items() if k.startswith(("precision@", "map", "chance"))}
+                              for d, m in ev.get("directions", {}).items()}
+        q, g = ev["queries"], ev["gallery"]
+        body = html.paragraph(
+            f"{q['images']} test images and {q['reports']} test reports queried against {g['images']} images and "
+            f"{g['sentences']} report sentences of the train and validation patients; the query's own patient is "
+            "left out, and a hit shares a finding with the query.") + html.table(retrieval_rows(ev))
+        examples = _read(out / "retrieval_examples.json")
+        if isinstance(examples, list):
+            figure = retrieval_figure(examples, out / "plots" / "retrieval_examples.png")
+            if figure:
+                body += html.image(figure, "retrieval examples")
+            sentences = [s for e in examples for s in e.get("sentences", [])]
+            if sentences:
+                body += html.paragraph("Report sentences nearest to the query image (other patients):") + html.table(
+                    [{"rank": str(s["rank"]), "cosine": f"{s['score']:.2f}", "sentence": s["sentence"],
+                      "its study's findings": "+".join(s["labels"]) or "no finding"} for s in sentences])
+        sections.append(("Retrieval (ConVIRT)", body))
+    return sections, found
 
 
 def write_demo_report(out: Path, settings: Any, stages: dict[str, float], seconds: float) -> dict[str, Any]:
@@ -120,10 +232,13 @@ def write_demo_report(out: Path, settings: Any, stages: dict[str, float], second
                                "findings (test macro ROC-AUC)") if curves else None
     asked = {f["asked"]: describe_fraction(f) for f in metrics["label_fractions"]}
     fractions = "; ".join(f"{percent(f)} asked: {asked[f]}" if f in asked else percent(f) for f in settings.fractions)
+    width = getattr(settings, "width", 64)
     sections = [("What ran", html.paragraph(
         f"{settings.patients} synthetic patients at {settings.size} px, split by patient 70/10/20. SimCLR and MICLe "
-        f"pretrained a ResNet-18 ({settings.stem} stem) for {settings.pretrain_steps} steps of "
-        f"{settings.pretrain_batch} images on the training patients only; then a linear probe and LP-FT fine-tuning "
+        f"pretrained a ResNet-18 ({settings.stem} stem, first-stage width {width}) for {settings.pretrain_steps} "
+        f"steps of {settings.pretrain_batch} images on the training patients only, and ConVIRT aligned the same "
+        f"network with a small text encoder on {settings.pretrain_batch} image-report pairs per step; then a linear "
+        "probe and LP-FT fine-tuning "
         f"({settings.finetune_steps} steps) at each fraction of the training labels ({fractions}; every class keeps "
         f"at least one patient, so a small fraction holds more than asked), {settings.seeds} seeds, against the same "
         "network trained from scratch on the same labels. "
@@ -136,6 +251,9 @@ def write_demo_report(out: Path, settings: Any, stages: dict[str, float], second
     pre = training_curves(out)
     if pre:
         sections.append(("Pretraining curves", html.image(pre, "pretraining loss")))
+    text_sections, metrics["image_text"] = image_text_sections(out, curves)
+    sections += text_sections
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
     first = out / "evaluate" / "simclr" / "plots"
     for name, title in (("roc.png", "ROC curves (SimCLR evaluation, best protocol at 100 % labels)"),
                         ("tsne.png", "t-SNE of the frozen SimCLR test embeddings"),
