@@ -177,7 +177,7 @@ def test_demo_writes_summary_plots_and_html(cli, tmp_path):
     # folder are refused
     code, out, err = cli("demo", "--out", run, *tiny)
     assert code == 0, err
-    assert out.count("done in an earlier run") == len(metrics["stage_seconds"]) == 9
+    assert out.count("done in an earlier run") == len(metrics["stage_seconds"]) == 10
     code, _, err = cli("demo", "--out", run, *tiny, "--seeds", 2)
     assert code == 2
     one_error_line(err, "holds a demo run with other settings")
