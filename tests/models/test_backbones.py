@@ -110,3 +110,28 @@ def test_heads_shapes_and_layers():
     assert PredictionHead(8, 16, 8)(torch.rand(4, 8)).shape == (4, 8)
     assert LinearHead(16, 3, batch_norm=True)(torch.rand(4, 16)).shape == (4, 3)
     assert LinearHead(16, 1)(torch.rand(4, 16)).shape == (4, 1)       # always 2-D, a binary head too
+
+
+@pytest.mark.parametrize("name, expansion", [("resnet18", 1), ("resnet50", 4)])
+def test_width_scales_every_stage_and_is_kept_in_the_spec(name, expansion):
+    from medssl.models.factory import ModelSpec, build_backbone
+
+    narrow, dim = create_backbone(name, in_channels=1, image_size=32, stem="small", width=16)
+    assert dim == narrow.feature_dim == 8 * 16 * expansion
+    assert narrow.feature_channels == (16, *(w * expansion for w in (16, 32, 64, 128)))
+    with torch.no_grad():
+        maps = narrow.feature_maps(torch.rand(2, 1, 32, 32))
+    assert [m.shape[1] for m in maps] == list(narrow.feature_channels)
+    full = create_backbone(name, in_channels=1, image_size=32, stem="small")[0]
+    assert sum(p.numel() for p in narrow.parameters()) < sum(p.numel() for p in full.parameters()) / 10
+    spec = ModelSpec(name, stem="small", image_size=32, width=16)
+    again = build_backbone(ModelSpec.from_dict(spec.to_dict()))        # the width travels with the checkpoint
+    assert again.feature_channels == narrow.feature_channels
+    assert ModelSpec.from_dict({k: v for k, v in spec.to_dict().items() if k != "width"}).width is None  # older ones
+
+
+def test_width_is_refused_for_a_vit_and_out_of_range():
+    with pytest.raises(MedsslError, match="stem and width apply to ResNets"):
+        create_backbone("vit_tiny", image_size=32, width=32)
+    with pytest.raises(MedsslError, match="width 2"):
+        create_backbone("resnet18", image_size=32, width=2)

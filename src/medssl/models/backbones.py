@@ -211,8 +211,9 @@ def create_backbone(name: str, in_channels: int = 1, image_size: int = 64, stem:
     if in_channels < 1 or image_size < 1:
         raise MedsslError(f"in_channels and image_size must be positive, got {in_channels} and {image_size}")
     if name in VITS:
-        if stem is not None or width is not None:
-            raise MedsslError(f"stem and width apply to ResNets, not to {name}")
+        given = ", ".join(f"{k} {v!r}" for k, v in (("stem", stem), ("width", width)) if v is not None)
+        if given:
+            raise MedsslError(f"{given}: stem and width apply to ResNets, not to {name}")
         model = _build_vit(name, in_channels, image_size, patch_size, depth)
         return model, model.feature_dim
     if patch_size is not None or depth is not None:
