@@ -73,8 +73,8 @@ class TinyNet(nn.Module):
 
 # A tiny image-text run, shared by the zeroshot and retrieve tests
 ALIGN_TINY = ["data.size=16", "data.synthetic_patients=16", "data.batch_size=8", "data.num_workers=0",
-              "train.steps=3", "model.stem=small", "model.options.context=32", "model.options.text_width=32",
-              "model.options.text_depth=1", "model.options.text_heads=2", "model.options.proj_dim=16",
+              "train.steps=3", "model.stem=small", "model.width=16", "model.options.context=32",
+              "model.options.text_width=32", "model.options.text_depth=1", "model.options.text_heads=2", "model.options.proj_dim=16",
               "train.log_every=1"]
 
 

@@ -148,14 +148,15 @@ def test_manifest_pointing_at_missing_images(cli, tmp_path):
 
 def test_demo_writes_summary_plots_and_html(cli, tmp_path):
     # the smallest demo: 30 patients give the 64 training images of one pretraining batch
-    tiny = ["--patients", 30, "--size", 16, "--pretrain-steps", 1, "--finetune-steps", 2, "--seeds", 1,
-            "--fractions", "0.1,1", "--quiet"]
+    tiny = ["--patients", 30, "--size", 16, "--width", 8, "--pretrain-steps", 1, "--finetune-steps", 2, "--seeds",
+            1, "--fractions", "0.1,1", "--quiet"]
     code, out, err = cli("demo", "--out", tmp_path / "run", *tiny)
     assert code == 0, err
     run = tmp_path / "run"
     assert json.loads((run / "data_summary.json").read_text())["patients"] == 30
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["settings"]["patients"] == 30 and metrics["settings"]["fractions"] == [0.1, 1.0]
+    assert metrics["settings"]["width"] == 8
     assert all(len(points) == 2 for points in metrics["curves"].values())        # every arm at both fractions
     assert len(metrics["curves"]) == 7                                           # 3 methods x 2 protocols + scratch
     assert "scratch (no pretraining)" in metrics["curves"] and len(metrics["predictions"]) == 6
@@ -257,7 +258,7 @@ def test_evaluate_end_to_end_on_synthetic_data(cli, tmp_path):
     # evaluation scores on the val / test patients of the run's own built-in data: enough patients for both
     code, _, err = cli("pretrain", "--config", SIMCLR, "--out", run, "--set", "train.steps=2", "--set",
                        "data.synthetic_patients=16", "--set", "data.size=16", "--set", "data.batch_size=8",
-                       "--set", "data.num_workers=0", "--quiet")
+                       "--set", "data.num_workers=0", "--set", "model.width=16", "--quiet")
     assert code == 0, err
     code, out, err = cli("evaluate", "--checkpoint", run, "--protocol", "linear,knn,finetune,segment",
                          "--fractions", "0.5,1", "--seeds", 2, "--baseline", "scratch", "--finetune-steps", 3,
@@ -280,7 +281,7 @@ def test_evaluate_end_to_end_on_synthetic_data(cli, tmp_path):
     code, out, err = cli("predict", bundles / "finetune.pt", image, "--json")
     assert code == 0, err
     (result,) = json.loads(out)["results"]
-    assert result["image"] == image and result["predicted"]
+    assert result["image"] == image and isinstance(result["predicted"], list) and len(result["probabilities"]) > 1
     assert set(result["predicted"]) <= set(result["probabilities"])
     assert all(0 <= p <= 1 for p in result["probabilities"].values())
     code, _, err = cli("evaluate", "--checkpoint", run, "--protocol", "linear,magic", "--quiet")

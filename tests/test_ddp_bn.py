@@ -199,7 +199,7 @@ def test_fit_with_sync_bn_on_two_spawned_processes_writes_a_checkpoint_that_load
     from medssl.train import fit, process_threads
 
     cfg = load_config(None, ["method=moco", "data.size=16", "data.batch_size=8", "data.synthetic_patients=4",
-                             "data.num_workers=0", "model.stem=small", "model.options.hidden_dim=32",
+                             "data.num_workers=0", "model.stem=small", "model.width=8", "model.options.hidden_dim=32",
                              "model.options.queue_size=64", "train.epochs=null", "train.steps=2",
                              "train.log_every=1", "train.accelerator=cpu", "train.devices=2",
                              "train.strategy=ddp_spawn", "train.sync_bn=true"])

@@ -20,7 +20,7 @@ from medssl.pretrain import run_pretrain
 
 SIMCLR = Path(__file__).resolve().parents[1] / "configs" / "simclr.yaml"
 TINY = ["data.size=16", "data.synthetic_patients=4", "data.batch_size=8", "data.num_workers=0", "model.stem=small",
-        "model.options.hidden_dim=32", "train.steps=3", "train.log_every=1", "train.checkpoint_every=2",
+        "model.width=16", "model.options.hidden_dim=32", "train.steps=3", "train.log_every=1", "train.checkpoint_every=2",
         "train.threads=1"]
 
 

@@ -16,13 +16,13 @@ from medssl.pretrain import load_records, resume_config, run_pretrain
 from medssl.optim import lr_factor
 
 TINY = ["data.size=16", "data.batch_size=8", "data.synthetic_patients=4", "data.num_workers=0", "model.stem=small",
-        "train.epochs=null", "train.steps=3", "train.log_every=1", "train.checkpoint_every=2"]
+        "model.width=16", "train.epochs=null", "train.steps=3", "train.log_every=1", "train.checkpoint_every=2"]
 METHOD_OPTIONS = {
     "simclr": ["model.options.hidden_dim=32"],
     "micle": ["model.options.hidden_dim=32", "data.pair_by=study"],
     "moco": ["model.options.hidden_dim=32", "model.options.queue_size=64"],
     "byol": ["model.options.hidden_dim=32", "model.options.proj_dim=16"],
-    "mae": ["model.backbone=vit_tiny", "model.stem=null", "model.depth=1", "model.options.decoder_depth=1",
+    "mae": ["model.backbone=vit_tiny", "model.stem=null", "model.width=null", "model.depth=1", "model.options.decoder_depth=1",
             "model.options.decoder_dim=32"],
 }
 
