@@ -317,3 +317,28 @@ def test_report_batches_are_made_in_worker_processes_alike():
     finally:
         loader.close()
     assert len(got) == 1 and all(torch.equal(got[0][k], data[(1, 1)][k]) for k in got[0])
+
+
+def test_convirt_on_two_spawned_processes_trains_and_leaves_a_run_that_loads(tmp_path):
+    """`medssl align`'s code path with train.devices=2 (ddp_spawn, CPU): the tokenizer rank 0 trained reaches the
+    workers with the loader, each step's loss is over both ranks' pairs (the losses' gradients against one process
+    are tests/test_losses_ddp.py's), and the run folder is the one-process kind: it loads for zero-shot."""
+    import math
+
+    from conftest import ALIGN_TINY
+    from medssl.zeroshot_run import load_image_text
+
+    cfg = load_config(None, ["method=convirt", *ALIGN_TINY, "train.steps=2", "train.accelerator=cpu",
+                             "train.devices=2", "train.strategy=ddp_spawn"])
+    run = tmp_path / "run"
+    metrics = run_pretrain(cfg, run, progress=False)
+    assert metrics["world_size"] == 2 and metrics["steps"] == 2 and math.isfinite(metrics["final_loss"])
+    with open(run / "log.csv", newline="") as f:
+        assert [int(r["step"]) for r in csv.DictReader(f)] == [1, 2]
+    aligned = load_image_text(run)
+    assert aligned.tokenizer.to_json() == load_checkpoint(run)["tokenizer"] == load_text(run).tokenizer.to_json()
+    enc = aligned.tokenizer.encode(["no pleural effusion"], pad_to="context")
+    with torch.no_grad():
+        z = aligned.model.encode_text(enc["ids"], enc["mask"])
+    assert z.shape == (1, aligned.spec.options.proj_dim) and torch.allclose(z.norm(dim=1), torch.ones(1))
+    assert (run / "report.html").is_file()
