@@ -148,8 +148,8 @@ def test_manifest_pointing_at_missing_images(cli, tmp_path):
 
 def test_demo_writes_summary_plots_and_html(cli, tmp_path):
     # the smallest demo: 30 patients give the 64 training images of one pretraining batch
-    tiny = ["--patients", 30, "--size", 16, "--width", 8, "--pretrain-steps", 1, "--finetune-steps", 2, "--seeds",
-            1, "--fractions", "0.1,1", "--quiet"]
+    tiny = ["--patients", 30, "--size", 16, "--width", 8, "--pretrain-steps", 1, "--align-steps", 1,
+            "--finetune-steps", 2, "--seeds", 1, "--fractions", "0.1,1", "--quiet"]
     code, out, err = cli("demo", "--out", tmp_path / "run", *tiny)
     assert code == 0, err
     run = tmp_path / "run"

@@ -294,8 +294,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     from medssl.pipeline import DemoSettings, run_demo
 
-    given = {k: getattr(args, k) for k in ("patients", "size", "width", "seed", "pretrain_steps", "finetune_steps",
-                                           "seeds")
+    given = {k: getattr(args, k) for k in ("patients", "size", "width", "seed", "pretrain_steps", "align_steps",
+                                           "finetune_steps", "seeds")
              if getattr(args, k) is not None}
     if args.fractions:
         given["fractions"] = tuple(args.fractions)
@@ -349,7 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--width", type=int, help=f"the ResNet-18's first-stage channels (default {d.width}; the "
                       "papers' 64 costs four times the compute)")
     demo.add_argument("--seed", type=int, help=f"data and training seed (default {d.seed})")
-    demo.add_argument("--pretrain-steps", type=int, help=f"steps of each pretraining (default {d.pretrain_steps})")
+    demo.add_argument("--pretrain-steps", type=int, help=f"steps of SimCLR and of MICLe (default {d.pretrain_steps})")
+    demo.add_argument("--align-steps", type=int, help=f"steps of ConVIRT, from the SimCLR encoder "
+                      f"(default {d.align_steps})")
     demo.add_argument("--finetune-steps", type=int, help=f"steps of each fine-tuning run "
                       f"(default {d.finetune_steps})")
     demo.add_argument("--seeds", type=int, help=f"seeds of the label fractions (default {d.seeds})")

@@ -236,9 +236,9 @@ def write_demo_report(out: Path, settings: Any, stages: dict[str, float], second
     sections = [("What ran", html.paragraph(
         f"{settings.patients} synthetic patients at {settings.size} px, split by patient 70/10/20. SimCLR and MICLe "
         f"pretrained a ResNet-18 ({settings.stem} stem, first-stage width {width}) for {settings.pretrain_steps} "
-        f"steps of {settings.pretrain_batch} images on the training patients only, and ConVIRT aligned the same "
-        f"network with a small text encoder on {settings.pretrain_batch} image-report pairs per step; then a linear "
-        "probe and LP-FT fine-tuning "
+        f"steps of {settings.pretrain_batch} images on the training patients only, and ConVIRT aligned the SimCLR "
+        f"network with a small text encoder for {getattr(settings, 'align_steps', settings.pretrain_steps)} steps "
+        f"of {settings.pretrain_batch} image-report pairs (whole reports); then a linear probe and LP-FT fine-tuning "
         f"({settings.finetune_steps} steps) at each fraction of the training labels ({fractions}; every class keeps "
         f"at least one patient, so a small fraction holds more than asked), {settings.seeds} seeds, against the same "
         "network trained from scratch on the same labels. "
