@@ -164,7 +164,10 @@ class Demo:
         examples = [{"query": {"text": q}, "images": run_retrieve(run, text=q, k=4, data=data,
                                                                  progress=False)["images"]} for q in TEXT_QUERIES]
         found = run_retrieve(run, image=str(query.path), k=40, data=data, progress=False)
-        other = lambda hits: [h for h in hits if h["patient"] != patient_of(query)]  # noqa: E731
+
+        def other(hits: list[dict[str, Any]]) -> list[dict[str, Any]]:  # the gallery holds the query's own patient
+            return [h for h in hits if h["patient"] != patient_of(query)]
+
         sentences = {h["sentence"]: h for h in reversed(other(found["sentences"]))}  # one row per distinct text
         examples.append({"query": {"image": str(query.path), "labels": sorted(query.labels),
                                    "patient": patient_of(query)},
