@@ -88,13 +88,15 @@ def training_curves(out: Path) -> Path | None:
     for log in [*sorted((out / "pretrain").glob("*/log.csv")), *sorted((out / "align").glob("*/log.csv"))]:
         rows = list(csv.DictReader(log.open()))
         if rows:
-            ax.plot([int(r["step"]) for r in rows], [float(r["loss"]) for r in rows], label=log.parent.name)
+            what = "image-report pairs" if log.parent.parent.name == "align" else "images"
+            ax.plot([int(r["step"]) for r in rows], [float(r["loss"]) for r in rows],
+                    label=f"{log.parent.name} ({what})")
             drawn = True
     if not drawn:
         return None
     ax.set_xlabel("step")
     ax.set_ylabel("contrastive loss (NT-Xent / InfoNCE)")
-    ax.set_title("Pretraining (ConVIRT on image-report pairs)")
+    ax.set_title("Pretraining losses")
     ax.grid(alpha=0.3)
     ax.legend()
     path = out / "plots" / "pretraining.png"
