@@ -59,6 +59,44 @@ def test_flat_index_returns_the_brute_force_neighbours():
     assert hits.ids[0, 0] == f"id{hits.rows[0, 0]}"
 
 
+@pytest.mark.parametrize("d", [8, 128])
+def test_float16_scan_with_float32_rescoring_is_exact(d):
+    x, q = unit(3000, d), unit(40, d, seed=1)
+    index = build(x, rerank_from=1000)
+    assert index._coarse is not None and not index.is_ivf
+    for k in (1, 10, 200):
+        hits = index.search(q, k)
+        np.testing.assert_array_equal(hits.rows, brute_force(x, q, k))
+        np.testing.assert_allclose(hits.scores, np.take_along_axis(q @ x.T, hits.rows, 1), rtol=1e-5, atol=1e-6)
+    patients = np.array([f"p{i // 5}" for i in range(len(x))])
+    excl = [f"p{i}" for i in range(len(q))]
+    allowed = patients[None, :] != np.array(excl)[:, None]
+    np.testing.assert_array_equal(index.search(q, 12, exclude_patient=excl).rows, brute_force(x, q, 12, allowed))
+
+
+def test_near_ties_below_float16_resolution_widen_the_scan_until_it_is_exact(monkeypatch):
+    # 100 items whose scores against the query lie 2e-6 apart (float32 resolves them; float16's rounding, up to
+    # ~5e-4 here, does not): only the bound check keeps the answer exact, by widening the float16 scan
+    rng = np.random.default_rng(3)
+    base = unit(1, 16)[0]
+    perp = rng.standard_normal(16).astype(np.float32)
+    perp -= (perp @ base) * base
+    perp /= np.linalg.norm(perp)
+    target = 0.6 + 2e-6 * np.arange(100)                      # cosines with base
+    near = target[:, None] * base + np.sqrt(1 - target**2)[:, None] * perp
+    x = np.concatenate([unit(1500, 16, seed=4), near.astype(np.float32)])
+    x[:1500] *= np.where((x[:1500] @ base)[:, None] > 0.55, -1, 1)                # the rest stay below 0.55
+    index = build(x, rerank_from=100)
+    scans = []
+    search = index._coarse.search
+    monkeypatch.setattr(index._coarse, "search", lambda q, c: scans.append(c) or search(q, c))
+    q = base[None].astype(np.float32)
+    hits = index.search(q, 20)
+    np.testing.assert_array_equal(hits.rows, brute_force(x, q, 20))
+    assert list(hits.rows[0]) == list(range(1599, 1579, -1))   # the near set, best first
+    assert len(scans) > 1                                      # the first candidate set could not prove it
+
+
 def test_ivf_index_with_every_cell_probed_is_exact():
     x, q = unit(400), unit(20, seed=1)
     index = build(x, ivf_from=100, nlist=8, nprobe=8)
@@ -107,7 +145,7 @@ def test_search_pads_with_minus_one_only_when_too_few_other_patient_items():
     assert (hits.rows[1] >= 0).all() and hits.rows[1, 0] == 1    # no exclusion: the query itself comes first
 
 
-@pytest.mark.parametrize("kw", [{}, {"ivf_from": 50, "nlist": 5, "nprobe": 2}])
+@pytest.mark.parametrize("kw", [{}, {"ivf_from": 50, "nlist": 5, "nprobe": 2}, {"rerank_from": 100}])
 def test_save_load_round_trip_gives_identical_results(tmp_path, kw):
     x, q = unit(200), unit(10, seed=2)
     index = build(x, **kw)
@@ -122,6 +160,7 @@ def test_save_load_round_trip_gives_identical_results(tmp_path, kw):
     assert (again.ids, again.patients, again.labels, again.texts) == (index.ids, index.patients, index.labels,
                                                                       index.texts)
     assert (again.is_ivf, again.nlist, again.nprobe) == (index.is_ivf, index.nlist, index.nprobe)
+    assert again.rerank_from == index.rerank_from
 
 
 def test_load_refuses_missing_and_mismatched_files(tmp_path):

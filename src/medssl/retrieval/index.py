@@ -1,10 +1,14 @@
 """A faiss nearest-neighbour index over L2-normalised embeddings, with ids and per-item metadata.
 
 Inner product on unit vectors is cosine similarity. Below `ivf_from` items the index is exact (`IndexFlatIP`);
-from there on it is an inverted file (`IndexIVFFlat`, k-means coarse quantiser trained on the data itself), which
-scans `nprobe` of its `nlist` cells per query: exact again when nprobe = nlist. A search can leave out the query's
-own patient (retrieval is scored on other patients: a patient's second image is not a finding) and still returns
-exactly k hits whenever the index holds k items of other patients.
+from `rerank_from` items on, an exact search scans a float16 copy first (`IndexScalarQuantizer` QT_fp16: half the
+memory traffic of a float32 scan, which is what bounds a single query) and re-scores its candidates in float32,
+widening the candidate set until the float16 error bound proves that no item outside it can be in the top k: the
+answer is the exact one, in half the time. From `ivf_from` on it is an inverted file (`IndexIVFFlat`, k-means
+coarse quantiser trained on the data itself), which scans `nprobe` of its `nlist` cells per query: exact again
+when nprobe = nlist. A search can leave out the query's own patient (retrieval is scored on other patients: a
+patient's second image is not a finding) and still returns exactly k hits whenever the index holds k items of
+other patients.
 
 Threads: faiss's OpenMP pool is process-wide, so every build and search sets it to the index's `threads`
 (default 1: tests and DDP ranks must not oversubscribe the cores).
@@ -30,9 +34,13 @@ from medssl.errors import MedsslError
 INDEX_FILE, ITEMS_FILE = "index.faiss", "items.json"
 FORMAT = 1
 MIN_POINTS_PER_CELL = 39  # faiss warns below 39 training points per k-means centroid
-# Exact search up to here: bench/retrieval_latency.py measured a flat single query over 100,000 x 128-d at ~2 ms
-# (one thread, 2-core EPYC), linear in N, so exact stays under the 5 ms target to about this size.
+# Exact search up to here. bench/retrieval_latency.py, one thread, 100,000 x 128-d: a float32 flat scan took ~2.4 ms
+# on a 2-core EPYC with AVX-512 and 5.7-7.1 ms on one with AVX2 only (memory-bound); the float16 scan + exact
+# re-scoring takes about half, so exact stays under the 5 ms target to about this size.
 IVF_FROM = 200_000
+RERANK_FROM = 20_000  # below this a float32 scan is already under a millisecond
+RESCORE_BLOCK = 32  # queries re-scored together: their candidates' float32 rows (32 x c x D) stay in cache-size memory
+FP16_EPS = 2.0 ** -11  # float16's relative rounding error: |q.x - q.fp16(x)| <= FP16_EPS |q| |x|
 
 
 @dataclass(frozen=True)
@@ -79,7 +87,8 @@ class Index:
     by inner product. Build with `Index.build`, reopen with `Index.load`."""
 
     def __init__(self, faiss_index: faiss.Index, ids: Sequence[str], patients: Sequence[str],
-                 labels: Sequence[Iterable[str]], texts: Sequence[str] | None, nprobe: int, threads: int):
+                 labels: Sequence[Iterable[str]], texts: Sequence[str] | None, nprobe: int, threads: int,
+                 rerank_from: int = RERANK_FROM):
         n = faiss_index.ntotal
         for name, seq in (("ids", ids), ("patients", patients), ("labels", labels), ("texts", texts)):
             if seq is not None and len(seq) != n:
@@ -97,13 +106,24 @@ class Index:
         self.nprobe = nprobe
         if self.is_ivf:
             self.nprobe = _check_int(nprobe, "nprobe", 1)
+        self.rerank_from = _check_int(rerank_from, "rerank_from", 1)
+        self._vectors: np.ndarray | None = None      # the float32 rows (a view of the flat index's own storage)
+        self._coarse: faiss.Index | None = None      # their float16 copy, scanned first
+        if not self.is_ivf and n >= self.rerank_from:
+            self._vectors = faiss.rev_swig_ptr(faiss_index.get_xb(), n * faiss_index.d).reshape(n, faiss_index.d)
+            self._coarse = faiss.IndexScalarQuantizer(faiss_index.d, faiss.ScalarQuantizer.QT_fp16,
+                                                      faiss.METRIC_INNER_PRODUCT)
+            self._coarse.train(self._vectors)
+            self._coarse.add(self._vectors)
+            self._max_norm = float(np.linalg.norm(self._vectors, axis=1).max())
 
     @classmethod
     def build(cls, embeddings: np.ndarray, ids: Sequence[str], patients: Sequence[str],
               labels: Sequence[Iterable[str]], texts: Sequence[str] | None = None, *, ivf_from: int = IVF_FROM,
-              nlist: int | None = None, nprobe: int = 32, threads: int = 1) -> Index:
-        """An index of `embeddings` (N, D), unit rows: exact below `ivf_from` items, IVF (nlist cells, default
-        `default_nlist(N)`, nprobe of them scanned per query) from there on."""
+              nlist: int | None = None, nprobe: int = 32, threads: int = 1, rerank_from: int = RERANK_FROM) -> Index:
+        """An index of `embeddings` (N, D), unit rows: exact below `ivf_from` items (a float16 scan with exact
+        float32 re-scoring from `rerank_from` items), IVF (nlist cells, default `default_nlist(N)`, nprobe of them
+        scanned per query) from there on."""
         x = check_embeddings(embeddings, "index embeddings")
         n, d = x.shape
         faiss.omp_set_num_threads(_check_threads(threads))
@@ -116,7 +136,7 @@ class Index:
             index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
             index.train(x)
         index.add(x)
-        return cls(index, ids, patients, labels, texts, nprobe, threads)
+        return cls(index, ids, patients, labels, texts, nprobe, threads, rerank_from)
 
     @property
     def is_ivf(self) -> bool:
@@ -176,7 +196,35 @@ class Index:
         """faiss search: (scores (Q, k), rows (Q, k)), with nprobe cells for an IVF index."""
         if self.is_ivf:
             return self._index.search(q, k, params=faiss.SearchParametersIVF(nprobe=nprobe))
-        return self._index.search(q, k)
+        if self._coarse is None:
+            return self._index.search(q, k)
+        if len(q) <= RESCORE_BLOCK:
+            return self._rescored_search(q, k)
+        parts = [self._rescored_search(q[i:i + RESCORE_BLOCK], k) for i in range(0, len(q), RESCORE_BLOCK)]
+        return np.concatenate([s for s, _ in parts]), np.concatenate([r for _, r in parts])
+
+    def _rescored_search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The exact top k by a float16 scan and float32 re-scoring. Every item outside the c float16 candidates
+        scores at most (c-th float16 score) + FP16_EPS |q| max|x| exactly (plus float32 summation slack), so when
+        the k-th exact score among the candidates is above that, the candidates hold the true top k; otherwise c
+        doubles, up to all N items (then the answer is a plain exact scan)."""
+        n, x = len(self), self._vectors
+        out_s = np.full((len(q), k), -np.inf, dtype=np.float32)
+        out_r = np.full((len(q), k), -1, dtype=np.int64)
+        slack = FP16_EPS * self._max_norm * np.linalg.norm(q, axis=1) + 1e-5      # (Q,)
+        todo, fetch = np.arange(len(q)), min(n, 2 * k + 16)
+        while len(todo):
+            coarse_s, rows = self._coarse.search(q[todo], fetch)                     # (T, c) float16 scores
+            exact = np.einsum("tcd,td->tc", x[np.maximum(rows, 0)], q[todo], dtype=np.float32)
+            exact[rows < 0] = -np.inf
+            order = np.argsort(-exact, axis=1, kind="stable")[:, :k]
+            top_s, top_r = np.take_along_axis(exact, order, 1), np.take_along_axis(rows, order, 1)
+            top_r[~np.isfinite(top_s)] = -1
+            kth = top_s[:, -1] if top_s.shape[1] == k else np.full(len(todo), -np.inf)
+            proven = (fetch >= n) | (kth > coarse_s[:, -1] + slack[todo])
+            out_s[todo[proven], : top_s.shape[1]], out_r[todo[proven], : top_r.shape[1]] = top_s[proven], top_r[proven]
+            todo, fetch = todo[~proven], min(n, 2 * fetch)
+        return out_s, out_r
 
     def save(self, folder: str | os.PathLike) -> Path:
         """index.faiss and items.json in `folder`, each written to a temporary name and renamed over the old one;
@@ -186,7 +234,8 @@ class Index:
         folder.mkdir(parents=True, exist_ok=True)
         blob = faiss.serialize_index(self._index).tobytes()
         items = {"format": FORMAT, "dim": self.dim, "count": len(self), "ivf": self.is_ivf, "nlist": self.nlist,
-                 "nprobe": self.nprobe, "index_sha256": hashlib.sha256(blob).hexdigest(), "ids": self.ids,
+                 "nprobe": self.nprobe, "rerank_from": self.rerank_from,
+                 "index_sha256": hashlib.sha256(blob).hexdigest(), "ids": self.ids,
                  "patients": self.patients, "labels": [sorted(ls) for ls in self.labels], "texts": self.texts}
         for name, data in ((INDEX_FILE, blob), (ITEMS_FILE, json.dumps(items).encode())):
             with atomic_file(folder / name) as f:
@@ -217,7 +266,8 @@ class Index:
         except RuntimeError as e:
             raise MedsslError(f"{index_path}: faiss cannot read it ({str(e).splitlines()[0]})") from None
         return cls(index, ids, patients, labels, items.get("texts"),
-                   items.get("nprobe", 1) if nprobe is None else nprobe, threads)
+                   items.get("nprobe", 1) if nprobe is None else nprobe, threads,
+                   items.get("rerank_from", RERANK_FROM))
 
 
 def _check_int(value: int, name: str, low: int) -> int:
