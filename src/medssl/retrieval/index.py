@@ -4,7 +4,7 @@ Inner product on unit vectors is cosine similarity. Below `ivf_from` items the i
 from `rerank_from` items on, an exact search scans a float16 copy first (`IndexScalarQuantizer` QT_fp16: half the
 memory traffic of a float32 scan, which is what bounds a single query) and re-scores its candidates in float32,
 widening the candidate set until the float16 error bound proves that no item outside it can be in the top k: the
-answer is the exact one, in half the time. From `ivf_from` on it is an inverted file (`IndexIVFFlat`, k-means
+answer is the exact one, in about two thirds of the time. From `ivf_from` on it is an inverted file (`IndexIVFFlat`, k-means
 coarse quantiser trained on the data itself), which scans `nprobe` of its `nlist` cells per query: exact again
 when nprobe = nlist. A search can leave out the query's own patient (retrieval is scored on other patients: a
 patient's second image is not a finding) and still returns exactly k hits whenever the index holds k items of
@@ -36,7 +36,7 @@ FORMAT = 1
 MIN_POINTS_PER_CELL = 39  # faiss warns below 39 training points per k-means centroid
 # Exact search up to here. bench/retrieval_latency.py, one thread, 100,000 x 128-d: a float32 flat scan took ~2.4 ms
 # on a 2-core EPYC with AVX-512 and 5.7-7.1 ms on one with AVX2 only (memory-bound); the float16 scan + exact
-# re-scoring takes about half, so exact stays under the 5 ms target to about this size.
+# re-scoring took 4.0 ms there, so exact stays under the 5 ms target to about this size.
 IVF_FROM = 200_000
 RERANK_FROM = 20_000  # below this a float32 scan is already under a millisecond
 RESCORE_BLOCK = 32  # queries re-scored together: their candidates' float32 rows (32 x c x D) stay in cache-size memory
