@@ -4,8 +4,8 @@ Inner product on unit vectors is cosine similarity. Below `ivf_from` items the i
 from `rerank_from` items on, an exact search scans a float16 copy first (`IndexScalarQuantizer` QT_fp16: half the
 memory traffic of a float32 scan, which is what bounds a single query) and re-scores its candidates in float32,
 widening the candidate set until the float16 error bound proves that no item outside it can be in the top k: the
-answer is the exact one, in about two thirds of the time. From `ivf_from` on it is an inverted file (`IndexIVFFlat`, k-means
-coarse quantiser trained on the data itself), which scans `nprobe` of its `nlist` cells per query: exact again
+answer is the exact one, in about two thirds of the time. From `ivf_from` on it is an inverted file
+(`IndexIVFFlat`, k-means coarse quantiser trained on the data itself), which scans `nprobe` of its `nlist` cells per query: exact again
 when nprobe = nlist. A search can leave out the query's own patient (retrieval is scored on other patients: a
 patient's second image is not a finding) and still returns exactly k hits whenever the index holds k items of
 other patients.
