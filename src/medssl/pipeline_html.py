@@ -222,24 +222,24 @@ def write_demo_report(out: Path, settings: Any, stages: dict[str, float], second
     curves = _curves(evals)
     rows = _table(evals, curves)
     found = verdict(curves, label_fractions(evals))
-    predictions = json.loads((out / "predictions.json").read_text()) if (out / "predictions.json").is_file() else []
+    predictions = _read(out / "predictions.json") or []
+    plots = out / "plots"
+    plots.mkdir(exist_ok=True)
+    text_sections, image_text = image_text_sections(out, curves)
     metrics = {"version": __version__, "settings": vars(settings) if hasattr(settings, "__dict__") else settings,
                "stage_seconds": stages, "total_stage_seconds": round(sum(stages.values()), 1),
                "seconds_this_run": round(seconds, 1), "curves": curves, "label_fractions": label_fractions(evals),
-               "verdict": found, "predictions": predictions}
+               "verdict": found, "predictions": predictions, "image_text": image_text}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
-    plots = out / "plots"
-    plots.mkdir(exist_ok=True)
     le = label_efficiency_plot(curves, plots / "label_efficiency.png", title="Label efficiency on the synthetic "
                                "findings (test macro ROC-AUC)") if curves else None
     asked = {f["asked"]: describe_fraction(f) for f in metrics["label_fractions"]}
     fractions = "; ".join(f"{percent(f)} asked: {asked[f]}" if f in asked else percent(f) for f in settings.fractions)
-    width = getattr(settings, "width", 64)
     sections = [("What ran", html.paragraph(
         f"{settings.patients} synthetic patients at {settings.size} px, split by patient 70/10/20. SimCLR and MICLe "
-        f"pretrained a ResNet-18 ({settings.stem} stem, first-stage width {width}) for {settings.pretrain_steps} "
-        f"steps of {settings.pretrain_batch} images on the training patients only, and ConVIRT aligned the SimCLR "
-        f"network with a small text encoder for {getattr(settings, 'align_steps', settings.pretrain_steps)} steps "
+        f"pretrained a ResNet-18 ({settings.stem} stem, first-stage width {settings.width}) for "
+        f"{settings.pretrain_steps} steps of {settings.pretrain_batch} images on the training patients only, and "
+        f"ConVIRT aligned the SimCLR network with a small text encoder for {settings.align_steps} steps "
         f"of {settings.pretrain_batch} image-report pairs (whole reports); then a linear probe and LP-FT fine-tuning "
         f"({settings.finetune_steps} steps) at each fraction of the training labels ({fractions}; every class keeps "
         f"at least one patient, so a small fraction holds more than asked), {settings.seeds} seeds, against the same "
@@ -253,9 +253,7 @@ def write_demo_report(out: Path, settings: Any, stages: dict[str, float], second
     pre = training_curves(out)
     if pre:
         sections.append(("Pretraining curves", html.image(pre, "pretraining loss")))
-    text_sections, metrics["image_text"] = image_text_sections(out, curves)
     sections += text_sections
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
     first = out / "evaluate" / "simclr" / "plots"
     for name, title in (("roc.png", "ROC curves (SimCLR evaluation, best protocol at 100 % labels)"),
                         ("tsne.png", "t-SNE of the frozen SimCLR test embeddings"),

@@ -5,10 +5,10 @@ from `rerank_from` items on, an exact search scans a float16 copy first (`IndexS
 memory traffic of a float32 scan, which is what bounds a single query) and re-scores its candidates in float32,
 widening the candidate set until the float16 error bound proves that no item outside it can be in the top k: the
 answer is the exact one, in about two thirds of the time. From `ivf_from` on it is an inverted file
-(`IndexIVFFlat`, k-means coarse quantiser trained on the data itself), which scans `nprobe` of its `nlist` cells per query: exact again
-when nprobe = nlist. A search can leave out the query's own patient (retrieval is scored on other patients: a
-patient's second image is not a finding) and still returns exactly k hits whenever the index holds k items of
-other patients.
+(`IndexIVFFlat`, k-means coarse quantiser trained on the data itself), which scans `nprobe` of its `nlist` cells
+per query: exact again when nprobe = nlist. A search can leave out the query's own patient (retrieval is scored
+on other patients: a patient's second image is not a finding) and still returns exactly k hits whenever the index
+holds k items of other patients.
 
 Threads: faiss's OpenMP pool is process-wide, so every build and search sets it to the index's `threads`
 (default 1: tests and DDP ranks must not oversubscribe the cores).
@@ -198,8 +198,6 @@ class Index:
             return self._index.search(q, k, params=faiss.SearchParametersIVF(nprobe=nprobe))
         if self._coarse is None:
             return self._index.search(q, k)
-        if len(q) <= RESCORE_BLOCK:
-            return self._rescored_search(q, k)
         parts = [self._rescored_search(q[i:i + RESCORE_BLOCK], k) for i in range(0, len(q), RESCORE_BLOCK)]
         return np.concatenate([s for s, _ in parts]), np.concatenate([r for _, r in parts])
 
