@@ -170,6 +170,9 @@ def test_demo_writes_summary_plots_and_html(cli, tmp_path):
     assert {"image_to_image", "text_to_image", "image_to_text"} <= set(image_text["retrieval"])
     examples = json.loads((run / "retrieval_examples.json").read_text())
     assert [e["query"].get("text") for e in examples[:2]] == ["pleural effusion", "cardiomegaly"]
+    shown = [e["query"]["image"] for e in examples if "image" in e["query"]] + [
+        h["path"] for e in examples for h in e["images"]]
+    assert all(not Path(p).is_absolute() and (run / p).is_file() for p in shown)  # relative to the run folder
     by_image = examples[2]                                                       # a test image: other patients only
     assert by_image["images"] and by_image["sentences"]
     assert all(h["patient"] != by_image["query"]["patient"] for h in by_image["images"] + by_image["sentences"])

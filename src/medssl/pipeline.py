@@ -11,6 +11,7 @@ generation joins this same run when it lands.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -173,7 +174,16 @@ class Demo:
                                    "patient": patient_of(query)},
                          "images": other(found["images"])[:4],
                          "sentences": sorted(sentences.values(), key=lambda h: h["rank"])[:3]})
+        for example in examples:  # paths relative to the run folder: the page is rewritten from any directory
+            if "image" in example["query"]:
+                example["query"]["image"] = self.in_run(example["query"]["image"])
+            for hit in example["images"]:
+                hit["path"] = self.in_run(hit["path"])
         (self.out / "retrieval_examples.json").write_text(json.dumps(examples, indent=2))
+
+    def in_run(self, path: str) -> str:
+        """A path (as the data source gave it, relative to the working directory) relative to the run folder."""
+        return os.path.relpath(Path(path).resolve(), self.out.resolve())
 
     def predict(self) -> None:
         """The kept fine-tuned classifier on a few test images: what `medssl predict` prints."""

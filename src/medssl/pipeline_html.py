@@ -139,8 +139,9 @@ def retrieval_rows(ev: dict[str, Any]) -> list[dict[str, str]]:
     return rows
 
 
-def retrieval_figure(examples: list[dict[str, Any]], path: Path) -> Path | None:
-    """One row per query (words, or a test image): the query, then the images found, titled with their findings."""
+def retrieval_figure(examples: list[dict[str, Any]], path: Path, root: Path) -> Path | None:
+    """One row per query (words, or a test image): the query, then the images found, titled with their findings;
+    image paths are relative to root (the run folder)."""
     from PIL import Image
 
     rows = [e for e in examples if e.get("images")]
@@ -156,10 +157,10 @@ def retrieval_figure(examples: list[dict[str, Any]], path: Path) -> Path | None:
         if "text" in q:
             axes[r][0].text(0.5, 0.5, f"query:\n\"{q['text']}\"", ha="center", va="center", wrap=True, fontsize=9)
         else:
-            axes[r][0].imshow(np.asarray(Image.open(q["image"]).convert("L")), cmap="gray", vmin=0, vmax=255)
+            axes[r][0].imshow(np.asarray(Image.open(root / q["image"]).convert("L")), cmap="gray", vmin=0, vmax=255)
             axes[r][0].set_title("query image\n" + ("+".join(q.get("labels", [])) or "no finding"), fontsize=8)
         for c, hit in enumerate(example["images"], start=1):
-            axes[r][c].imshow(np.asarray(Image.open(hit["path"]).convert("L")), cmap="gray", vmin=0, vmax=255)
+            axes[r][c].imshow(np.asarray(Image.open(root / hit["path"]).convert("L")), cmap="gray", vmin=0, vmax=255)
             axes[r][c].set_title(f"#{hit['rank']} {hit['score']:.2f}\n" + ("+".join(hit["labels"]) or "no finding"),
                                  fontsize=8)
     fig.suptitle("ConVIRT retrieval (cosine similarity; the image query's own patient left out)", fontsize=10)
@@ -200,7 +201,7 @@ def image_text_sections(out: Path, curves: dict[str, dict]) -> tuple[list[tuple[
             "left out, and a hit shares a finding with the query.") + html.table(retrieval_rows(ev))
         examples = _read(out / "retrieval_examples.json")
         if isinstance(examples, list):
-            figure = retrieval_figure(examples, out / "plots" / "retrieval_examples.png")
+            figure = retrieval_figure(examples, out / "plots" / "retrieval_examples.png", out)
             if figure:
                 body += html.image(figure, "retrieval examples")
             sentences = [s for e in examples for s in e.get("sentences", [])]
