@@ -306,6 +306,38 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report_train(args: argparse.Namespace) -> int:
+    """Train a report generator (or build the retrieval-based reporter) and score it on the test split."""
+    from medssl.report.config import load_report_config
+    from medssl.report.page import summary_lines
+    from medssl.report.train import run_report_train
+
+    cfg = load_report_config(args.config, args.set, args.data)
+    metrics = run_report_train(cfg, Path(args.out), resume=args.resume, progress=not args.quiet)
+    print("\n".join(summary_lines(metrics)))
+    print(f"-> {Path(args.out) / 'report.html'}")
+    return 0
+
+
+def cmd_report_generate(args: argparse.Namespace) -> int:
+    """Draft reports of images or study folders from a report run."""
+    from medssl.report.generate_run import result_lines, run_generate
+
+    results = run_generate(args.run, args.images, beam=args.beam)
+    print(json.dumps({"run": str(args.run), "results": results}, indent=2, default=float) if args.json
+          else "\n".join(result_lines(results)))
+    return 0
+
+
+def cmd_report_label(args: argparse.Namespace) -> int:
+    """Finding labels (positive, negative, uncertain) of report texts, one line per report."""
+    from medssl.report.label_run import label_lines
+
+    for line in label_lines(args.source, args.column, args.json):
+        print(line)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command."""
     p = argparse.ArgumentParser(prog="medssl", description="Label-efficient medical imaging.",
@@ -528,6 +560,37 @@ examples:
     pr.add_argument("images", nargs="+", help="image files (PNG, JPEG, TIFF, DICOM, NIfTI) or folders")
     pr.add_argument("--json", action="store_true", help="one JSON object instead of one line per image")
     pr.set_defaults(func=cmd_predict)
+
+    rep = sub.add_parser("report", help="report generation: train, generate, label findings").add_subparsers(
+        dest="report_command", required=True)
+    rt = rep.add_parser("train", help="train an LSTM / Transformer report generator or build a retrieval reporter",
+                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog="""examples:
+  medssl align --config configs/convirt.yaml --out runs/convirt
+  medssl report train --config configs/report_lstm.yaml --set encoder.run=runs/convirt --out runs/report_lstm
+      an attention LSTM on the frozen ConVIRT encoder (built-in synthetic studies) -> runs/report_lstm/report.html
+  medssl report train --config configs/report_retrieval.yaml --set encoder.run=runs/convirt --out runs/repair
+      retrieval-based reports (CXR-RePaiR): k chosen on validation""")
+    rt.add_argument("--config", help="YAML config (configs/report_lstm.yaml, report_transformer.yaml, "
+                                     "report_retrieval.yaml); default: an LSTM with default settings")
+    rt.add_argument("--data", help="manifest .csv, folder or .npz with reports (default: built-in synthetic)")
+    rt.add_argument("--out", required=True, help="run folder")
+    rt.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config value, e.g. --set train.steps=100 (repeatable)")
+    rt.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    rt.add_argument("--quiet", action="store_true", help="no progress bars")
+    rt.set_defaults(func=cmd_report_train)
+    rg = rep.add_parser("generate", help="draft reports of images or study folders (one folder = one study)")
+    rg.add_argument("run", help="run folder of `medssl report train`")
+    rg.add_argument("images", nargs="+", help="image files (DICOM, PNG, JPEG) or folders of a study's views")
+    rg.add_argument("--beam", type=int, help="beam size (default: the run's; 1 = greedy)")
+    rg.add_argument("--json", action="store_true", help="findings, probabilities, report and sources as JSON")
+    rg.set_defaults(func=cmd_report_generate)
+    rl = rep.add_parser("label", help="CheXpert-style finding labels of report texts (rules with negation)")
+    rl.add_argument("source", nargs="?", default="-", help="text file (one report per line), CSV, or - for "
+                                                          "standard input (default)")
+    rl.add_argument("--column", help="the CSV column holding the reports")
+    rl.add_argument("--json", action="store_true", help="one JSON object per report: each finding's status")
+    rl.set_defaults(func=cmd_report_label)
 
     data = sub.add_parser("data", help="synthesise, index, inspect and split data").add_subparsers(
         dest="data_command", required=True)

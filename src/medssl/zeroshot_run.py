@@ -12,16 +12,12 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from torch import nn
 
-from medssl.checkpoint import load_checkpoint, resolve_checkpoint
-from medssl.data.preprocess import Preprocess
+from medssl.aligned import ImageTextRun, load_image_text  # noqa: F401  (re-exported: the commands' API)
 from medssl.data.splits import by_split
 from medssl.data.tasks import Task, targets
 from medssl.errors import MedsslError
@@ -29,45 +25,8 @@ from medssl.evaluate.checks import check_split_sizes
 from medssl.evaluate.data import EvalData, builtin_data, decode_split, load_records, plan_source
 from medssl.evaluate.options import EvalOptions
 from medssl.evaluate.zeroshot import evaluate_zeroshot
-from medssl.methods import build_model, method
-from medssl.models.factory import ModelSpec
-from medssl.text.tokenizer import ReportTokenizer
 
 RESULTS = "zeroshot.json"
-
-
-@dataclass
-class ImageTextRun:
-    """An image-text model ready for zero-shot use and retrieval (eval mode, CPU)."""
-
-    model: nn.Module  # encode_image (B, C, S, S) -> (B, D), encode_text (ids, mask) -> (B, D), unit norm
-    tokenizer: ReportTokenizer
-    preprocess: Preprocess
-    spec: ModelSpec
-    meta: dict[str, Any]
-
-
-def load_image_text(path: str | Path) -> ImageTextRun:
-    """A run folder or checkpoint of `medssl align` -> ImageTextRun; MedsslError naming what is missing."""
-    path = resolve_checkpoint(path)
-    ckpt = load_checkpoint(path)
-    spec_data, tokenizer = ckpt.get("spec"), ckpt.get("tokenizer")
-    if not isinstance(spec_data, dict) or not isinstance(ckpt.get("preprocess"), dict):
-        raise MedsslError(f"{path}: holds no model spec and preprocess; zero-shot needs a `medssl align` run")
-    name = spec_data.get("method")
-    if name is None or not method(name).batch.report or not isinstance(tokenizer, str):
-        raise MedsslError(f"{path}: is a {name or 'plain'} model, not an image-text run: zero-shot needs a run of "
-                          "`medssl align` (convirt, clip, gloria), whose checkpoint keeps its report tokenizer")
-    spec = ModelSpec.from_dict(spec_data, method(name).Options)
-    torch.manual_seed(0)  # initial weights are overwritten; the seed keeps loading deterministic
-    model = build_model(spec)
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as e:
-        raise MedsslError(f"{path}: weights do not fit the stored model spec: {str(e).splitlines()[0][:300]}") from None
-    meta = {k: v for k, v in ckpt.items() if k not in ("model", "optimizer", "scheduler", "rng", "validation")}
-    return ImageTextRun(model.eval(), ReportTokenizer.from_json(tokenizer), Preprocess.from_dict(ckpt["preprocess"]),
-                        spec, meta)
 
 
 def load_run_source(run: str | Path, data: str | None, out: Path, n_boot: int = 1000, skip_bad: bool = False,

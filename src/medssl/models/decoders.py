@@ -1,0 +1,210 @@
+"""Report decoders over an image encoder's feature maps: an LSTM with soft attention (Show, Attend and Tell; Xu et
+al. 2015) and a Transformer decoder with cross-attention, both behind one step-wise interface for generation.
+
+What both see, `memory` (B, M, D) with `memory_mask` (B, M) (True = a real region): the regions of a study's
+feature maps (a ResNet's last map, h x w regions per view), every view's regions joined (frontal then lateral, as
+the IU X-ray papers do), projected to the decoder's width D with a learned view and region-position embedding
+(`MemoryProjection`). A study with fewer views than the model takes has its missing views' regions masked out.
+
+Token ids are the report tokenizer's: [CLS] starts a report (BOS), [SEP] ends it (EOS), [PAD] pads. Training is
+teacher-forced: `forward(memory, memory_mask, ids)` gives the logits (B, L - 1, V) of ids[:, 1:] from ids[:, :-1].
+Generation (medssl.report.generate) asks `start(memory, memory_mask) -> state` and `step(state, tokens (N,)) ->
+(logits (N, V), state)`; a state is a dict of tensors whose first dimension is the row, so a beam search reorders
+it with `index_select`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from medssl.errors import MedsslError
+from medssl.schema import from_mapping, plain
+
+KINDS = ("lstm", "transformer")
+
+
+@dataclass(frozen=True)
+class DecoderSpec:
+    """Everything that builds a decoder; stored as plain data in a report checkpoint."""
+
+    kind: str = "lstm"
+    vocab_size: int = 2000  # the tokenizer's (special tokens included): checked against it when a run is loaded
+    feature_dim: int = 512  # channels of the encoder's feature map
+    regions: int = 16  # regions (h x w) of one view's feature map
+    views: int = 2  # views per study the memory holds (frontal + lateral)
+    dim: int = 256  # decoder width (embedding, LSTM hidden, Transformer d_model)
+    layers: int = 2  # Transformer decoder layers (the LSTM has one)
+    heads: int = 4
+    dropout: float = 0.1
+    max_len: int = 100  # longest report in tokens, [CLS] and [SEP] included (Transformer positions)
+    bos_id: int = 2
+    eos_id: int = 3
+    pad_id: int = 0
+
+    def validate(self) -> "DecoderSpec":
+        """Raise MedsslError naming the first bad value; return self."""
+        if self.kind not in KINDS:
+            raise MedsslError(f"report.decoder {self.kind!r}: choose one of {', '.join(KINDS)}")
+        for name in ("vocab_size", "feature_dim", "regions", "views", "dim", "layers", "heads", "max_len"):
+            if int(getattr(self, name)) < 1:
+                raise MedsslError(f"report.{name}={getattr(self, name)} must be at least 1")
+        if self.kind == "transformer" and self.dim % self.heads:
+            raise MedsslError(f"report.dim={self.dim} must be divisible by report.heads={self.heads}")
+        if not 0 <= self.dropout < 1:
+            raise MedsslError(f"report.dropout={self.dropout} must lie in [0, 1)")
+        if self.max_len < 3:
+            raise MedsslError(f"report.max_len={self.max_len} must be at least 3 ([CLS], a token, [SEP])")
+        return self
+
+    def to_dict(self) -> dict:
+        """Plain data (for checkpoints)."""
+        return plain(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "DecoderSpec":
+        """The spec of to_dict's output."""
+        return from_mapping(cls, data, "decoder.")
+
+
+class MemoryProjection(nn.Module):
+    """Feature maps of V views (B, V, F, h, w) -> memory (B, V * h * w, D) and its mask; masked mean (B, D)."""
+
+    def __init__(self, spec: DecoderSpec):
+        super().__init__()
+        self.spec = spec
+        self.proj = nn.Linear(spec.feature_dim, spec.dim)
+        self.norm = nn.LayerNorm(spec.dim)
+        self.view = nn.Parameter(torch.zeros(spec.views, 1, spec.dim))
+        self.position = nn.Parameter(torch.zeros(1, spec.regions, spec.dim))
+        nn.init.normal_(self.view, std=0.02)
+        nn.init.normal_(self.position, std=0.02)
+
+    def forward(self, maps: Tensor, views: Tensor) -> tuple[Tensor, Tensor]:
+        """maps (B, V, F, h, w) float, views (B, V) bool (True = the view exists) -> (memory, mask (B, V h w))."""
+        b, v, f, h, w = maps.shape
+        if v != self.spec.views or h * w != self.spec.regions or f != self.spec.feature_dim:
+            raise MedsslError(f"feature maps {tuple(maps.shape[1:])} do not fit the decoder (views {self.spec.views}, "
+                              f"{self.spec.feature_dim} channels, {self.spec.regions} regions): was the encoder or "
+                              "the image size changed?")
+        x = maps.flatten(3).transpose(2, 3)                             # (B, V, R, F)
+        x = self.norm(self.proj(x.float())) + self.view + self.position  # (B, V, R, D)
+        mask = views[:, :, None].expand(b, v, h * w)
+        return x.reshape(b, v * h * w, -1), mask.reshape(b, v * h * w)
+
+
+def masked_mean(memory: Tensor, mask: Tensor) -> Tensor:
+    """(B, M, D), (B, M) bool -> (B, D): the mean over real regions."""
+    m = mask.to(memory.dtype)[..., None]
+    return (memory * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+
+class LSTMDecoder(nn.Module):
+    """Show, Attend and Tell: an LSTM whose input at every step is the previous word and an attention-weighted
+    context of the regions (additive attention, gated by the hidden state), initialised from the mean region."""
+
+    def __init__(self, spec: DecoderSpec):
+        super().__init__()
+        d = spec.dim
+        self.spec = spec
+        self.embed = nn.Embedding(spec.vocab_size, d, padding_idx=spec.pad_id)
+        self.init_h, self.init_c = nn.Linear(d, d), nn.Linear(d, d)
+        self.att_memory, self.att_hidden = nn.Linear(d, d), nn.Linear(d, d)
+        self.att_score = nn.Linear(d, 1)
+        self.gate = nn.Linear(d, d)
+        self.cell = nn.LSTMCell(2 * d, d)
+        self.drop = nn.Dropout(spec.dropout)
+        self.out_hidden, self.out_context = nn.Linear(d, d), nn.Linear(d, d)
+        self.out = nn.Linear(d, spec.vocab_size)
+
+    def start(self, memory: Tensor, mask: Tensor) -> dict[str, Tensor]:
+        """The state before the first word: h, c from the mean region; the memory and its attention keys."""
+        mean = masked_mean(memory, mask)
+        return {"h": torch.tanh(self.init_h(mean)), "c": torch.tanh(self.init_c(mean)), "memory": memory,
+                "keys": self.att_memory(memory), "mask": mask}
+
+    def _attend(self, state: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """(context (N, D), attention weights (N, M)) for the current hidden state."""
+        e = self.att_score(torch.tanh(state["keys"] + self.att_hidden(state["h"])[:, None])).squeeze(-1)
+        alpha = e.masked_fill(~state["mask"], float("-inf")).softmax(dim=1)
+        context = torch.bmm(alpha[:, None], state["memory"]).squeeze(1)
+        return torch.sigmoid(self.gate(state["h"])) * context, alpha
+
+    def step(self, state: dict[str, Tensor], tokens: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """One word in (N,) -> logits of the next (N, V) and the new state."""
+        context, _ = self._attend(state)
+        w = self.embed(tokens)
+        h, c = self.cell(torch.cat([w, context], dim=1), (state["h"], state["c"]))
+        logits = self.out(self.drop(w + self.out_hidden(h) + self.out_context(context)))  # the paper's deep output
+        return logits, {**state, "h": h, "c": c}
+
+    def forward(self, memory: Tensor, mask: Tensor, ids: Tensor) -> Tensor:
+        """Teacher forcing: (B, L) ids -> logits (B, L - 1, V) of ids[:, 1:]."""
+        state = self.start(memory, mask)
+        out = []
+        for t in range(ids.shape[1] - 1):
+            logits, state = self.step(state, ids[:, t])
+            out.append(logits)
+        return torch.stack(out, dim=1)
+
+
+class TransformerDecoder(nn.Module):
+    """Pre-norm Transformer decoder: causal self-attention over the words, cross-attention to the regions; the
+    output projection shares the word embedding's weights."""
+
+    def __init__(self, spec: DecoderSpec):
+        super().__init__()
+        d = spec.dim
+        self.spec = spec
+        self.embed = nn.Embedding(spec.vocab_size, d, padding_idx=spec.pad_id)
+        self.position = nn.Parameter(torch.zeros(1, spec.max_len, d))
+        nn.init.normal_(self.position, std=0.02)
+        layer = nn.TransformerDecoderLayer(d, spec.heads, 4 * d, spec.dropout, activation="gelu", batch_first=True,
+                                           norm_first=True)
+        self.layers = nn.TransformerDecoder(layer, spec.layers, norm=nn.LayerNorm(d))
+        self.drop = nn.Dropout(spec.dropout)
+
+    def _logits(self, prefix: Tensor, memory: Tensor, mask: Tensor) -> Tensor:
+        """(N, t) words -> (N, t, V) logits of each next word."""
+        t = prefix.shape[1]
+        if t > self.spec.max_len:
+            raise MedsslError(f"a report of {t} tokens is longer than the decoder's max_len {self.spec.max_len}")
+        x = self.drop(self.embed(prefix) * math.sqrt(self.spec.dim) + self.position[:, :t])
+        causal = torch.ones(t, t, dtype=torch.bool, device=prefix.device).triu(1)  # True = may not attend
+        pad = prefix == self.spec.pad_id
+        pad[:, 0] = False  # the first word is [CLS]; never let a row be all padding
+        h = self.layers(x, memory, tgt_mask=causal, tgt_key_padding_mask=pad, memory_key_padding_mask=~mask,
+                        tgt_is_causal=True)
+        return h @ self.embed.weight.t()
+
+    def start(self, memory: Tensor, mask: Tensor) -> dict[str, Tensor]:
+        """The state before the first word: the memory and an empty prefix."""
+        return {"memory": memory, "mask": mask, "prefix": memory.new_zeros((memory.shape[0], 0), dtype=torch.long)}
+
+    def step(self, state: dict[str, Tensor], tokens: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """One word in (N,) -> logits of the next (N, V); the prefix is run again (no key-value cache: reports are
+        short and the decoder small, so the cost stays below the encoder's)."""
+        prefix = torch.cat([state["prefix"], tokens[:, None]], dim=1)
+        logits = self._logits(prefix, state["memory"], state["mask"])[:, -1]
+        return logits, {**state, "prefix": prefix}
+
+    def forward(self, memory: Tensor, mask: Tensor, ids: Tensor) -> Tensor:
+        """Teacher forcing: (B, L) ids -> logits (B, L - 1, V) of ids[:, 1:]."""
+        return self._logits(ids[:, :-1], memory, mask)
+
+
+def build_decoder(spec: DecoderSpec) -> nn.Module:
+    """The decoder a spec names (freshly initialised from the global torch RNG)."""
+    spec.validate()
+    return LSTMDecoder(spec) if spec.kind == "lstm" else TransformerDecoder(spec)
+
+
+def token_loss(logits: Tensor, ids: Tensor, pad_id: int, label_smoothing: float = 0.0) -> Tensor:
+    """Mean cross-entropy of the next words ids[:, 1:] over real (non-padding) positions."""
+    target = ids[:, 1:]
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=pad_id,
+                           label_smoothing=label_smoothing)

@@ -1,0 +1,121 @@
+"""`medssl report generate RUN IMAGE_OR_FOLDER...`: a draft report per study.
+
+An image file is a study of one view; a folder is one study of its images (a DICOM's ViewPosition, else a file
+name with "lat" in it, says which is lateral; the first frontal and the first lateral are used). Plain text by
+default; --json gives per study the findings with probabilities, the report, the findings the report states and,
+for the retrieval method, the source sentences with their scores. Nothing of a DICOM's patient identity is read
+into the output: the study is named by its path.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medssl.data.preprocess import Preprocess
+from medssl.errors import MedsslError
+from medssl.report.bundle import ReportRun, load_report_run, write_reports
+from medssl.report.studies import is_lateral
+
+_LATERAL_NAME = re.compile(r"(^|[^a-z])lat(eral)?([^a-z]|$)", re.IGNORECASE)
+
+
+def _view_of(path: Path) -> str:
+    """LATERAL or FRONTAL: a DICOM's ViewPosition (header only), else the file name."""
+    if path.suffix.lower() in (".dcm", ".dicom", ""):
+        try:
+            import pydicom
+
+            ds = pydicom.dcmread(str(path), stop_before_pixels=True, specific_tags=["ViewPosition"], force=True)
+            view = str(getattr(ds, "ViewPosition", "") or "")
+            if view:
+                return "LATERAL" if is_lateral(view) else "FRONTAL"
+        except Exception:  # noqa: BLE001 - an unreadable header is found when the pixels are read
+            pass
+    return "LATERAL" if _LATERAL_NAME.search(path.stem) else "FRONTAL"
+
+
+def _images_in(folder: Path) -> list[Path]:
+    from medssl.data.io import IMAGE_SUFFIXES
+
+    return sorted(f for f in folder.iterdir() if f.is_file() and not f.name.startswith(".")
+                  and (f.suffix.lower() in IMAGE_SUFFIXES or f.suffix.lower() in (".dcm", ".dicom")))
+
+
+def gather(items: list[str], views: int) -> list[tuple[str, list[Path | None]]]:
+    """(name, view slots) per study of the command line's images and folders; MedsslError for a missing path
+    or an empty folder (checked before any model is loaded)."""
+    studies = []
+    if not items:
+        raise MedsslError("report generate: give at least one image file or folder")
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            files = _images_in(p)
+            if not files:
+                raise MedsslError(f"{p}: no image files in this folder")
+            slots: list[Path | None] = [None] * views
+            for f in files:
+                slot = 1 if views == 2 and _view_of(f) == "LATERAL" else 0
+                if slots[slot] is None:
+                    slots[slot] = f
+            if slots[0] is None:
+                slots = [s for s in slots if s is not None] + [None]
+            studies.append((str(p), slots))
+        elif p.is_file():
+            studies.append((str(p), [p] + [None] * (views - 1)))
+        else:
+            raise MedsslError(f"{p}: no such image file or folder")
+    return studies
+
+
+def decode_study(slots: list[Path | None], preprocess: Preprocess) -> tuple[torch.Tensor, torch.Tensor]:
+    """(V, 1, S, S) uint8 and (V,) bool of a study's view files; MedsslError naming an unreadable file."""
+    size = preprocess.size
+    images = torch.zeros(len(slots), 1, size, size, dtype=torch.uint8)
+    have = torch.zeros(len(slots), dtype=torch.bool)
+    for i, f in enumerate(slots):
+        if f is not None:
+            images[i], have[i] = preprocess.decode(f), True
+    return images, have
+
+
+def run_generate(run_path: str | Path, items: list[str], beam: int | None = None) -> list[dict[str, Any]]:
+    """Reports of the studies; each {"study", "views": [paths], "report", "findings", "stated", ("sources")}."""
+    import dataclasses
+
+    from medssl.report.labeler import NEGATIVE, label_report
+
+    run_probe = Path(run_path)
+    if not run_probe.exists():
+        raise MedsslError(f"{run_probe}: no such report run")
+    run: ReportRun = load_report_run(run_path)
+    studies = gather(items, run.views)
+    decoded = [decode_study(slots, run.preprocess) for _, slots in studies]
+    cfg = dataclasses.replace(run.generate, beam=beam).validate() if beam is not None else None
+    outputs = write_reports(run, torch.stack([d[0] for d in decoded]), torch.stack([d[1] for d in decoded]), cfg)
+    results = []
+    for (name, slots), o in zip(studies, outputs):
+        labels = label_report(o["report"])
+        results.append({"study": name, "views": [str(s) for s in slots if s is not None], "method": run.method,
+                        "report": o["report"], "findings": {k: round(v, 4) for k, v in o["findings"].items()},
+                        "stated": {k: v for k, v in labels.items() if v != NEGATIVE},
+                        **({"sources": o["sources"]} if "sources" in o else {})})
+    return results
+
+
+def result_lines(results: list[dict[str, Any]]) -> list[str]:
+    """Plain text: per study its name, the draft report and the findings it states."""
+    lines = []
+    for r in results:
+        lines.append(f"{r['study']} ({r['method']}; draft for a radiologist's review):")
+        lines.append(f"  {r['report']}")
+        if r["stated"]:
+            lines.append("  states: " + ", ".join(f"{k} ({v})" for k, v in sorted(r["stated"].items())))
+        if r["findings"]:
+            top = sorted(r["findings"].items(), key=lambda kv: -kv[1])
+            lines.append("  probabilities: " + ", ".join(f"{k} {v:.2f}" for k, v in top))
+    return lines
