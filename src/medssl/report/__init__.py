@@ -1,0 +1,1 @@
+"""Report generation: decoders' generation, retrieval-based reports, the finding labeller, metrics."""
