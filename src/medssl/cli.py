@@ -333,7 +333,7 @@ def cmd_report_label(args: argparse.Namespace) -> int:
     """Finding labels (positive, negative, uncertain) of report texts, one line per report."""
     from medssl.report.label_run import label_lines
 
-    for line in label_lines(args.source, args.column, args.json):
+    for line in label_lines(args.source, args.column, args.json, stdin=sys.stdin):
         print(line)
     return 0
 

@@ -3,7 +3,7 @@
 Two kinds of checkpoint, both written by `medssl report train`:
 - "report_generator": a ReportModel (encoder + decoder + finding head), its DecoderSpec, the encoder's ModelSpec,
   the report tokenizer, the preprocess and the generation settings;
-- "report_retrieval": an aligned model (its weights, spec, tokenizer, preprocess), the sentence bank (the training
+- "report_retrieval": an aligned model (its weights as "model"; spec, tokenizer, preprocess), the sentence bank (the training
   reports' sentences and their embeddings), the chosen k and near-duplicate threshold, and a linear probe on the
   aligned image embeddings that gives the finding probabilities.
 Loading imports no training code. A checkpoint of another kind, or a tokenizer whose vocabulary does not match the
@@ -106,7 +106,7 @@ def load_report_run(path: str | Path) -> ReportRun:
     bank = ckpt.get("bank") or {}
     if not isinstance(ckpt.get("align"), dict) or "texts" not in bank or "embeddings" not in bank:
         raise MedsslError(f"{path}: a retrieval report run without its aligned model or sentence bank")
-    run.aligned = image_text_from_checkpoint(ckpt["align"], path)
+    run.aligned = image_text_from_checkpoint({**ckpt["align"], "model": ckpt["model"]}, path)
     run.bank_texts = list(bank["texts"])
     run.bank = np.asarray(bank["embeddings"], dtype=np.float32)
     run.bank_words = [word_set(t) for t in run.bank_texts]

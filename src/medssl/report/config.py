@@ -89,6 +89,7 @@ class ReportEvaluate:
 
     n_boot: int = 200  # patient bootstrap resamples of the CIs
     gallery: int = 8  # test studies shown in report.html
+    meteor: bool = True  # METEOR needs java and starts in about 8 s; false leaves it out (said in the results)
 
 
 @dataclass

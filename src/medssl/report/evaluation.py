@@ -85,8 +85,8 @@ def _gallery(out: Path, studies: list[Study], images: torch.Tensor, n: int) -> l
     return paths
 
 
-def score_split(run: ReportRun, studies: list[Study], images: torch.Tensor, views: int, n_boot: int
-                ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def score_split(run: ReportRun, studies: list[Study], images: torch.Tensor, views: int, n_boot: int,
+                meteor: Any = True) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Reports for the studies and their scores; (metrics, per-study outputs)."""
     from medssl.report.metrics import report_scores
 
@@ -95,7 +95,7 @@ def score_split(run: ReportRun, studies: list[Study], images: torch.Tensor, view
     outputs = write_reports(run, x, have)
     seconds = time.perf_counter() - t0
     refs, hyps = [s.text for s in studies], [o["report"].lower() for o in outputs]
-    metrics = report_scores(refs, hyps, groups=[s.patient for s in studies], n_boot=n_boot)
+    metrics = report_scores(refs, hyps, groups=[s.patient for s in studies], n_boot=n_boot, meteor=meteor)
     metrics["label_agreement"] = label_agreement(hyps, studies)
     metrics["seconds_per_study"] = seconds / max(len(studies), 1)
     metrics["studies"] = len(studies)
@@ -104,11 +104,30 @@ def score_split(run: ReportRun, studies: list[Study], images: torch.Tensor, view
 
 def evaluate_run(run: ReportRun, cfg: ReportConfig, studies: StudySet, out: Path, progress: bool = True
                  ) -> dict[str, Any]:
-    """Val and test scores of the run; samples.json and gallery/ written."""
+    """Val and test scores of the run; samples.json and gallery/ written. One METEOR process (its start loads a
+    paraphrase table, about 8 s) serves both splits."""
+    import contextlib
+    import shutil
+
+    from medssl.report.metrics import MeteorScorer
+
     result: dict[str, Any] = {}
+    with contextlib.ExitStack() as stack:
+        meteor: Any = False
+        if cfg.evaluate.meteor:   # without java, report_scores says METEOR is missing and why
+            meteor = stack.enter_context(MeteorScorer()) if shutil.which("java") else True
+        _score_splits(run, cfg, studies, out, meteor, result)
+    result["generate"] = {"beam": run.generate.beam, "max_len": run.generate.max_len,
+                          "length_penalty": run.generate.length_penalty,
+                          "block_trigrams": run.generate.block_trigrams}
+    return result
+
+
+def _score_splits(run: ReportRun, cfg: ReportConfig, studies: StudySet, out: Path, meteor: Any,
+                  result: dict[str, Any]) -> None:
     for split in ("val", "test"):
         metrics, outputs = score_split(run, studies.studies[split], studies.images, cfg.data.views,
-                                       cfg.evaluate.n_boot)
+                                       cfg.evaluate.n_boot, meteor)
         result[split] = metrics
         if split == "test":
             test = studies.studies["test"]
@@ -121,7 +140,3 @@ def evaluate_run(run: ReportRun, cfg: ReportConfig, studies: StudySet, out: Path
                                 **({"sources": o["sources"]} if "sources" in o else {}),
                                 **({"images": pictures[i]} if i < len(pictures) else {})})
             (out / "samples.json").write_text(json.dumps(samples, indent=2, default=float) + "\n")
-    result["generate"] = {"beam": run.generate.beam, "max_len": run.generate.max_len,
-                          "length_penalty": run.generate.length_penalty,
-                          "block_trigrams": run.generate.block_trigrams}
-    return result

@@ -90,9 +90,9 @@ def format_labels(labels: dict[str, str], as_json: bool) -> str:
     return "; ".join(groups) or "no findings mentioned"
 
 
-def label_lines(source: str, column: str | None, as_json: bool, stdin: IO = sys.stdin) -> list[str]:
+def label_lines(source: str, column: str | None, as_json: bool, stdin: IO | None = None) -> list[str]:
     """One output line per report of FILE (text: a report a line; .csv: a column) or of standard input ("-")."""
-    name, text = _read(source, stdin)
+    name, text = _read(source, stdin if stdin is not None else sys.stdin)  # the stream of the call, not import
     if source != "-" and Path(source).suffix.lower() == ".csv":
         reports = _csv_reports(name, text, column)
     elif column is not None:

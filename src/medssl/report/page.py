@@ -30,7 +30,7 @@ def score_row(name: str, scores: dict[str, Any]) -> dict[str, str]:
     for k in NLG:
         row[k] = _num(nlg.get(k)) + _ci(scores, k)
     for k in ("precision", "recall", "f1"):
-        row[f"clinical {k}"] = _num(clin.get(k)) + _ci(scores, f"clinical_{k}")
+        row[f"clinical {k}"] = _num(clin.get(k)) + _ci(scores, f"ce_{k}_micro")
     return row
 
 
@@ -41,7 +41,7 @@ def summary_lines(metrics: dict[str, Any]) -> list[str]:
     lines = [f"report {metrics.get('method')} on {test.get('studies')} test studies ({metrics.get('source')})",
              "  " + "  ".join(f"{k} {_num(nlg.get(k))}" for k in NLG),
              f"  clinical (labeller, reference vs generated): precision {_num(clin.get('precision'))}  recall "
-             f"{_num(clin.get('recall'))}  F1 {_num(clin.get('f1'))}{_ci(test, 'clinical_f1')}"]
+             f"{_num(clin.get('recall'))}  F1 {_num(clin.get('f1'))}{_ci(test, 'ce_f1_micro')}"]
     agree = test.get("label_agreement")
     if agree:
         lines.append(f"  stated findings vs the images' own labels: F1 {_num(agree['f1'])} (another study's labels, "
@@ -59,8 +59,8 @@ def summary_lines(metrics: dict[str, Any]) -> list[str]:
                      f"best validation word loss {train['best_val_word_loss']:.3f} at step {train['best_step']}")
     lines.append(f"  generation: {1000 * test.get('seconds_per_study', float('nan')):.1f} ms per study "
                  f"(beam {metrics.get('generate', {}).get('beam')}, encoder included)")
-    missing = (test.get("missing") or {})
-    lines += [f"note: {k} not computed: {v}" for k, v in missing.items()]
+    missing = test.get("nlg", {}).get("missing") or {}
+    lines += [f"note: {k}: {v}" for k, v in missing.items()]
     lines += [f"note: {n}" for n in metrics.get("notes", [])]
     return lines
 

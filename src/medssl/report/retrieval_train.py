@@ -59,7 +59,7 @@ def choose_k(cfg: ReportConfig, z_val: np.ndarray, val: list[Study], bank: np.nd
         ce = clinical_efficacy_reports(refs, hyps)
         row = {"k": k, "clinical_f1": float(ce["micro"]["f1"])}
         if cfg.retrieval.select_by == "bleu4":
-            row["bleu4"] = float(nlg_metrics(refs, hyps)["bleu4"])
+            row["bleu4"] = float(nlg_metrics(refs, hyps, meteor=False)["bleu4"])
         curve.append(row)
     best = max(curve, key=lambda r: (r[cfg.retrieval.select_by], -r["k"]))
     return int(best["k"]), curve
@@ -84,7 +84,9 @@ def build_retrieval(cfg: ReportConfig, studies: StudySet, out, progress: bool) -
         k, curve = cfg.retrieval.k, []
     else:
         k, curve = choose_k(cfg, z_val, val, bank, texts, words)
-    atomic_save({"kind": RETRIEVAL, "method": "retrieval", "align": {key: ckpt[key] for key in ESSENTIAL},
+    # "model": the aligned model's weights (what every medssl checkpoint has); "align": the rest it is rebuilt from
+    atomic_save({"kind": RETRIEVAL, "method": "retrieval", "model": ckpt["model"],
+                 "align": {key: ckpt[key] for key in ESSENTIAL if key != "model"},
                  "bank": {"texts": texts, "embeddings": torch.from_numpy(bank)}, "k": k,
                  "dup_jaccard": cfg.retrieval.dup_jaccard,
                  "probe": {key: torch.from_numpy(v) for key, v in probe.items()},
