@@ -149,7 +149,7 @@ def test_manifest_pointing_at_missing_images(cli, tmp_path):
 def test_demo_writes_summary_plots_and_html(cli, tmp_path):
     # the smallest demo: 30 patients give the 64 training images of one pretraining batch
     tiny = ["--patients", 30, "--size", 16, "--width", 8, "--pretrain-steps", 1, "--align-steps", 1,
-            "--finetune-steps", 2, "--seeds", 1, "--fractions", "0.1,1", "--quiet"]
+            "--finetune-steps", 2, "--report-steps", 2, "--seeds", 1, "--fractions", "0.1,1", "--quiet"]
     code, out, err = cli("demo", "--out", tmp_path / "run", *tiny)
     assert code == 0, err
     run = tmp_path / "run"
@@ -163,7 +163,8 @@ def test_demo_writes_summary_plots_and_html(cli, tmp_path):
     html = (run / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 4 and "synthetic" in html
     for section in ("Label efficiency", "Test metrics", "Pretraining curves", "Image-text similarity",
-                    "Zero-shot classification", "Retrieval (ConVIRT)", "medssl predict", "Samples"):
+                    "Zero-shot classification", "Retrieval (ConVIRT)", "Report generation", "attention LSTM (draft)",
+                    "retrieval-based (draft)", "medssl predict", "Samples"):
         assert section in html, section
     image_text = metrics["image_text"]
     assert 0 <= image_text["zeroshot"]["roc_auc_macro"] <= 1 and "SimCLR+ConVIRT + LP-FT" in metrics["curves"]
@@ -176,12 +177,15 @@ def test_demo_writes_summary_plots_and_html(cli, tmp_path):
     by_image = examples[2]                                                       # a test image: other patients only
     assert by_image["images"] and by_image["sentences"]
     assert all(h["patient"] != by_image["query"]["patient"] for h in by_image["images"] + by_image["sentences"])
+    methods = [r["method"] for r in metrics["report_generation"]]
+    assert len(methods) == 4 and "most common training report" in methods, methods
+    assert all(0 <= r["clinical"]["f1"] <= 1 for r in metrics["report_generation"])
     assert "[demo]" in out and metrics["verdict"]["text"] in out
     # a second run into the same folder skips the stages it finished; other settings or a foreign non-empty
     # folder are refused
     code, out, err = cli("demo", "--out", run, *tiny)
     assert code == 0, err
-    assert out.count("done in an earlier run") == len(metrics["stage_seconds"]) == 10
+    assert out.count("done in an earlier run") == len(metrics["stage_seconds"]) == 11
     code, _, err = cli("demo", "--out", run, *tiny, "--seeds", 2)
     assert code == 2
     one_error_line(err, "holds a demo run with other settings")

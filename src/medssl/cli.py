@@ -295,7 +295,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from medssl.pipeline import DemoSettings, run_demo
 
     given = {k: getattr(args, k) for k in ("patients", "size", "width", "seed", "pretrain_steps", "align_steps",
-                                           "finetune_steps", "seeds")
+                                           "finetune_steps", "report_steps", "seeds")
              if getattr(args, k) is not None}
     if args.fractions:
         given["fractions"] = tuple(args.fractions)
@@ -386,6 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
                       f"(default {d.align_steps})")
     demo.add_argument("--finetune-steps", type=int, help=f"steps of each fine-tuning run "
                       f"(default {d.finetune_steps})")
+    demo.add_argument("--report-steps", type=int, help=f"steps of the report decoder (default {d.report_steps})")
     demo.add_argument("--seeds", type=int, help=f"seeds of the label fractions (default {d.seeds})")
     demo.add_argument("--fractions", type=_floats, metavar="F,F,...", help=f"label fractions in (0, 1] "
                       f"(default {fractions})")

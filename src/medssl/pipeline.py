@@ -2,10 +2,11 @@
 
 synthesise + split -> SimCLR and MICLe pretraining on the images, ConVIRT alignment on the images and their
 reports -> linear probe and LP-FT fine-tuning of each at 1 / 10 / 100 % of the labels against a scratch baseline,
-over seeds -> zero-shot classification and retrieval with the ConVIRT run -> `predict` with the kept classifier on
-test images -> one report.html. Every stage writes into the run folder and is skipped when its outputs exist
-there, so a killed demo goes on where it stopped (a killed pretraining resumes from its last checkpoint). Report
-generation joins this same run when it lands.
+over seeds -> zero-shot classification and retrieval with the ConVIRT run -> draft reports of the test studies
+(attention LSTM on the frozen ConVIRT encoder, retrieval-based reports, two baselines) -> `predict` with the kept
+classifier on test images -> one report.html. Every stage writes into the run folder and is skipped when its
+outputs exist there, so a killed demo goes on where it stopped (a killed pretraining or decoder training resumes
+from its last checkpoint).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from medssl import __version__, html
 from medssl.errors import MedsslError
 
 IMAGE_METHODS = ("simclr", "micle")  # `medssl pretrain` arms (names of medssl.methods.METHODS)
@@ -27,6 +27,8 @@ INIT_FROM = "simclr"  # the image encoder the align arm starts from
 METHODS = (*IMAGE_METHODS, TEXT_METHOD)
 DONE = "stages.json"
 TEXT_QUERIES = ("pleural effusion", "cardiomegaly")  # retrieval examples by words (synthetic findings)
+REPORT_METHODS = ("lstm", "retrieval")  # report generation arms, on the ConVIRT encoder
+REPORT_LABELS = {"lstm": "attention LSTM (ConVIRT encoder, frozen)", "retrieval": "retrieval-based (CXR-RePaiR)"}
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,7 @@ class DemoSettings:
     stem: str = "small"
     width: int = 32  # ResNet-18 at half the papers' width: a quarter of the compute, for a 2-core CPU
     finetune_steps: int = 30
+    report_steps: int = 300  # attention-LSTM decoder steps on the frozen ConVIRT encoder's cached feature maps
     fractions: tuple[float, ...] = (0.01, 0.1, 1.0)
     seeds: int = 3
     n_boot: int = 200
@@ -50,7 +53,7 @@ class DemoSettings:
     def validate(self) -> "DemoSettings":
         """Raise MedsslError naming a bad value."""
         for name in ("patients", "size", "pretrain_steps", "align_steps", "pretrain_batch", "width", "finetune_steps",
-                     "seeds", "n_boot"):
+                     "report_steps", "seeds", "n_boot"):
             if getattr(self, name) < 1:
                 raise MedsslError(f"demo: {name}={getattr(self, name)} must be positive")
         if not self.fractions or any(not 0 < f <= 1 for f in self.fractions):
@@ -185,6 +188,42 @@ class Demo:
         """A path (as the data source gave it, relative to the working directory) relative to the run folder."""
         return os.path.relpath(Path(path).resolve(), self.out.resolve())
 
+    def report(self) -> None:
+        """Draft reports of the test studies on the ConVIRT encoder: the attention LSTM (frozen encoder, cached
+        maps) and retrieval-based reports (CXR-RePaiR, k chosen on validation), beside the two baselines; the
+        scores of each in report_generation.json. A killed decoder training resumes from its checkpoint."""
+        import contextlib
+        import shutil
+
+        from medssl.checkpoint import last_checkpoint
+        from medssl.report.baselines import baseline_rows, method_row
+        from medssl.report.config import load_report_config
+        from medssl.report.metrics import MeteorScorer
+        from medssl.report.train import run_report_train
+
+        s, align = self.s, self.run_dir(TEXT_METHOD)
+        rows = []
+        with contextlib.ExitStack() as stack:
+            meteor = stack.enter_context(MeteorScorer()) if shutil.which("java") else True  # one java start
+            for method in REPORT_METHODS:
+                folder = self.out / "report" / method
+                sets = [f"method={method}", f"encoder.run={align}", f"data.source={self.manifest}",
+                        f"evaluate.n_boot={s.n_boot}", "evaluate.gallery=6", f"train.seed={s.seed}"]
+                if method != "retrieval":  # the 32 px demo reports fit 80 tokens; a wider decoder than 128 is idle
+                    sets += [f"train.steps={s.report_steps}", "decoder.dim=128", "decoder.context=80",
+                             "optim.lr=0.002", "train.val_every=50"]
+                if (folder / "metrics.json").is_file():     # finished before a kill of this stage
+                    m = json.loads((folder / "metrics.json").read_text())
+                else:
+                    resume = last_checkpoint(folder).is_file()
+                    if not resume and folder.exists():
+                        shutil.rmtree(folder)                # a start killed before its first checkpoint
+                    m = run_report_train(load_report_config(None, sets), folder, resume=resume,
+                                         progress=self.progress, meteor=meteor)
+                rows.append(method_row(REPORT_LABELS[method], m))
+            rows += baseline_rows(align, self.manifest, 2, s.n_boot, meteor)
+        (self.out / "report_generation.json").write_text(json.dumps({"rows": rows}, indent=2, default=float))
+
     def predict(self) -> None:
         """The kept fine-tuned classifier on a few test images: what `medssl predict` prints."""
         from medssl.data.records import read_manifest
@@ -216,6 +255,7 @@ def run_demo(out: Path, settings: DemoSettings | None = None, progress: bool = T
         demo.stage(f"evaluate_{m}", lambda m=m, i=i: demo.evaluate(m, baseline=i == 0))
     demo.stage("zeroshot", demo.zeroshot)
     demo.stage("retrieval", demo.retrieval)
+    demo.stage("report", demo.report)
     demo.stage("predict", demo.predict)
     from medssl.pipeline_html import write_demo_report
 

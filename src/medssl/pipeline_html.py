@@ -213,6 +213,49 @@ def image_text_sections(out: Path, curves: dict[str, dict]) -> tuple[list[tuple[
     return sections, found
 
 
+def _num(v: Any) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and v != v) else f"{v:.3f}"
+
+
+def report_rows(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """The report-generation table: text scores, clinical efficacy with its CI, stated findings against chance."""
+    out = []
+    for r in rows:
+        n, c, a, ci = r["nlg"], r["clinical"], r.get("label_agreement") or {}, r.get("ci95", {}).get("ce_f1_micro")
+        out.append({"method": r["method"], "BLEU-1": _num(n.get("bleu1")), "BLEU-4": _num(n.get("bleu4")),
+                    "ROUGE-L": _num(n.get("rouge_l")), "CIDEr": _num(n.get("cider")), "METEOR": _num(n.get("meteor")),
+                    "clinical P": _num(c.get("precision")), "clinical R": _num(c.get("recall")),
+                    "clinical F1 (95 % CI)": _num(c.get("f1")) + (f" ({ci[0]:.3f}-{ci[1]:.3f})" if ci else ""),
+                    "stated vs image labels F1": _num(a.get("f1")), "chance": _num(a.get("f1_shuffled"))})
+    return out
+
+
+def report_gallery(out: Path, n: int = 6) -> str:
+    """Test studies: their views, the LSTM's and the retrieval-based draft and the reference, each with the
+    findings it states (the labeller's reading) and the study's own labels."""
+    import html as _h
+
+    lstm = _read(out / "report" / "lstm" / "samples.json") or []
+    repair = {x["study"]: x for x in (_read(out / "report" / "retrieval" / "samples.json") or [])}
+    rows = []
+    for x in [x for x in lstm if x.get("images")][:n]:
+        pics = "".join(html.image(out / "report" / "lstm" / p, "view") for p in x["images"])
+        other = repair.get(x["study"], {})
+
+        def cell(title: str, text: str, stated: list[str]) -> str:
+            return (f"<td style='text-align:left;vertical-align:top'><b>{title}</b><br>{_h.escape(text)}<br>"
+                    f"<span class=note>states: {_h.escape(', '.join(stated) or 'no finding')}</span></td>")
+        rows.append(f"<tr><td style='width:140px'>{pics}<br><span class=note>labels: "
+                    f"{_h.escape(', '.join(x['labels']) or '-')}</span></td>"
+                    + cell("attention LSTM (draft)", x["generated"], x["stated"])
+                    + cell("retrieval-based (draft)", other.get("generated", "-"), other.get("stated", []))
+                    + cell("reference", x["reference"], x["reference_stated"]) + "</tr>")
+    if not rows:
+        return ""
+    return ("<style>.rg img{width:64px;margin:1px;image-rendering:pixelated}.rg td{font-size:.85em}</style>"
+            "<table class=rg>" + "".join(rows) + "</table>")
+
+
 def write_demo_report(out: Path, settings: Any, stages: dict[str, float], seconds: float) -> dict[str, Any]:
     """metrics.json and report.html of a demo run folder; returns the metrics."""
     from medssl.evaluate.checks import describe_fraction
@@ -227,10 +270,12 @@ def write_demo_report(out: Path, settings: Any, stages: dict[str, float], second
     plots = out / "plots"
     plots.mkdir(exist_ok=True)
     text_sections, image_text = image_text_sections(out, curves)
+    report_generation = (_read(out / "report_generation.json") or {}).get("rows", [])
     metrics = {"version": __version__, "settings": vars(settings) if hasattr(settings, "__dict__") else settings,
                "stage_seconds": stages, "total_stage_seconds": round(sum(stages.values()), 1),
                "seconds_this_run": round(seconds, 1), "curves": curves, "label_fractions": label_fractions(evals),
-               "verdict": found, "predictions": predictions, "image_text": image_text}
+               "verdict": found, "predictions": predictions, "image_text": image_text,
+               "report_generation": report_generation}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
     le = label_efficiency_plot(curves, plots / "label_efficiency.png", title="Label efficiency on the synthetic "
                                "findings (test macro ROC-AUC)") if curves else None
@@ -255,6 +300,16 @@ def write_demo_report(out: Path, settings: Any, stages: dict[str, float], second
     if pre:
         sections.append(("Pretraining curves", html.image(pre, "pretraining loss")))
     sections += text_sections
+    if report_generation:
+        sections.append(("Report generation (drafts for a radiologist's review)", html.paragraph(
+            f"On the frozen ConVIRT encoder: an attention LSTM trained for {settings.report_steps} steps on the "
+            "encoder's cached feature maps of each study's frontal and lateral views (beam 3, trigram blocking), "
+            "and retrieval-based reports (the training reports' sentences nearest the image, near-duplicates "
+            "skipped, k chosen on validation), against the training set's most common report and the nearest "
+            "training image's report. Text scores by pycocoevalcap; clinical precision / recall / F1: the finding "
+            "labeller on each draft against its reference (CI: patient bootstrap); last two columns: the findings "
+            "a draft states against the study's own labels, and against another study's labels (chance).", note=True)
+            + html.table(report_rows(report_generation)) + report_gallery(out)))
     first = out / "evaluate" / "simclr" / "plots"
     for name, title in (("roc.png", "ROC curves (SimCLR evaluation, best protocol at 100 % labels)"),
                         ("tsne.png", "t-SNE of the frozen SimCLR test embeddings"),

@@ -102,8 +102,8 @@ def score_split(run: ReportRun, studies: list[Study], images: torch.Tensor, view
     return metrics, outputs
 
 
-def evaluate_run(run: ReportRun, cfg: ReportConfig, studies: StudySet, out: Path, progress: bool = True
-                 ) -> dict[str, Any]:
+def evaluate_run(run: ReportRun, cfg: ReportConfig, studies: StudySet, out: Path, progress: bool = True,
+                 meteor: Any = None) -> dict[str, Any]:
     """Val and test scores of the run; samples.json and gallery/ written. One METEOR process (its start loads a
     paraphrase table, about 8 s) serves both splits."""
     import contextlib
@@ -113,9 +113,10 @@ def evaluate_run(run: ReportRun, cfg: ReportConfig, studies: StudySet, out: Path
 
     result: dict[str, Any] = {}
     with contextlib.ExitStack() as stack:
-        meteor: Any = False
-        if cfg.evaluate.meteor:   # without java, report_scores says METEOR is missing and why
-            meteor = stack.enter_context(MeteorScorer()) if shutil.which("java") else True
+        if meteor is None:
+            meteor = False
+            if cfg.evaluate.meteor:   # without java, report_scores says METEOR is missing and why
+                meteor = stack.enter_context(MeteorScorer()) if shutil.which("java") else True
         _score_splits(run, cfg, studies, out, meteor, result)
     result["generate"] = {"beam": run.generate.beam, "max_len": run.generate.max_len,
                           "length_penalty": run.generate.length_penalty,

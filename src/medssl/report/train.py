@@ -178,9 +178,10 @@ def _check_out(out: Path, resume: bool) -> None:
         raise MedsslError(f"{out}: holds a report run already; give another --out or continue it with --resume")
 
 
-def run_report_train(cfg: ReportConfig, out: str | Path, resume: bool = False, progress: bool = True
-                     ) -> dict[str, Any]:
-    """Train (or build) the configured report method into OUT and score it; the metrics (also OUT/metrics.json)."""
+def run_report_train(cfg: ReportConfig, out: str | Path, resume: bool = False, progress: bool = True,
+                     meteor: Any = None) -> dict[str, Any]:
+    """Train (or build) the configured report method into OUT and score it; the metrics (also OUT/metrics.json).
+    meteor: an open MeteorScorer to share (a demo scores several runs); None = as evaluate.meteor says."""
     t0 = time.perf_counter()
     out = Path(out)
     _check_out(out, resume)
@@ -202,7 +203,7 @@ def run_report_train(cfg: ReportConfig, out: str | Path, resume: bool = False, p
     run = load_report_run(out)  # model.pt: the weights kept
     from medssl.report.evaluation import evaluate_run
 
-    metrics = evaluate_run(run, cfg, studies, out, progress)
+    metrics = evaluate_run(run, cfg, studies, out, progress, meteor)
     metrics.update({"method": cfg.method, "source": str(source) if cfg.data.source else "built-in synthetic",
                     "encoder": cfg.encoder.run, "freeze_encoder": cfg.encoder.freeze, "notes": notes,
                     "skipped": [{"path": p, "error": e} for p, e in studies.skipped],
