@@ -159,7 +159,8 @@ def test_a_finished_run_is_not_overwritten(lstm_run, cli):
 @pytest.fixture(scope="module")
 def retrieval_run(tmp_path_factory, clip_run):
     return _train(tmp_path_factory.mktemp("repair"), "configs/report_retrieval.yaml", f"encoder.run={clip_run}",
-                  "data.synthetic_patients=16", "data.size=16", "retrieval.ks=[1,2,3]")
+                  "data.synthetic_patients=16", "data.size=16", "retrieval.ks=[1,2,3]",
+                  "retrieval.unit=sentence", "retrieval.center=false")
 
 
 def test_retrieval_reports_come_from_training_sentences_without_near_duplicates(retrieval_run, cli):
@@ -191,3 +192,29 @@ def test_label_command_reads_stdin_and_prints_json(cli, monkeypatch):
     assert code == 0 and len(rows) == 2
     assert rows[0]["pleural_effusion"] == "negative" and rows[0]["cardiomegaly"] == "positive"
     assert rows[1]["no_finding"] == "positive"
+
+
+def test_retrieval_of_whole_reports_is_a_choice_on_validation(tmp_path, clip_run):
+    _, m = _train(tmp_path, "configs/report_retrieval.yaml", f"encoder.run={clip_run}", "data.synthetic_patients=16",
+                  "data.size=16", "retrieval.ks=[1,2]", "retrieval.center=false")
+    units = {(row["unit"], row["k"]) for row in m["retrieval"]["k_curve"]}
+    assert units == {("sentence", 1), ("sentence", 2), ("report", 1)}
+    best = max(m["retrieval"]["k_curve"], key=lambda r: (r["clinical_f1"], -r["k"]))
+    assert (m["retrieval"]["unit"], m["retrieval"]["k"]) == (best["unit"], best["k"])
+
+
+def test_selection_skips_contradictions_and_centring_demotes_hubs():
+    import numpy as np
+
+    from medssl.report.labeler import label_reports
+    from medssl.report.retrieval_based import retrieve_reports
+
+    texts = ["small left pleural effusion.", "no pleural effusion.", "the heart is enlarged.", "lungs are clear."]
+    bank = np.eye(4, dtype=np.float32)
+    query = np.array([[0.9, 0.8, 0.1, 0.5]], dtype=np.float32)
+    query /= np.linalg.norm(query)
+    report, sources = retrieve_reports(query, bank, texts, 2, 0.6, statuses=label_reports(texts))[0]
+    assert [s for s, _ in sources] == ["small left pleural effusion.", "lungs are clear."]  # not "no effusion"
+    hub = np.array([0.8, 0.0, 0.0, 0.0], dtype=np.float32)  # the first sentence scores high for every image
+    _, centred = retrieve_reports(query, bank, texts, 1, 0.6, bias=hub)[0]
+    assert centred[0][0] == "no pleural effusion."

@@ -152,6 +152,16 @@ class LSTMDecoder(nn.Module):
         return torch.stack(out, dim=1)
 
 
+def sinusoids(length: int, dim: int) -> Tensor:
+    """(length, dim) sinusoidal positions of Vaswani et al. 2017: sin and cos of pos / 10000 ** (2i / dim)."""
+    pos = torch.arange(length, dtype=torch.float32)[:, None]
+    freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    out = torch.zeros(length, dim)
+    out[:, 0::2] = torch.sin(pos * freq)
+    out[:, 1::2] = torch.cos(pos * freq)[:, : dim // 2]
+    return out
+
+
 class TransformerDecoder(nn.Module):
     """Pre-norm Transformer decoder: causal self-attention over the words, cross-attention to the regions; the
     output projection shares the word embedding's weights."""
@@ -161,8 +171,12 @@ class TransformerDecoder(nn.Module):
         d = spec.dim
         self.spec = spec
         self.embed = nn.Embedding(spec.vocab_size, d, padding_idx=spec.pad_id)
-        self.position = nn.Parameter(torch.zeros(1, spec.max_len, d))
-        nn.init.normal_(self.position, std=0.02)
+        # fairseq's initialisation: N(0, 1 / d) words scaled by sqrt(d) are unit-size inputs, and the tied output's
+        # initial logits are unit-size too (with nn.Embedding's N(0, 1) they were sqrt(d) wide: a peaked start)
+        nn.init.normal_(self.embed.weight, std=d ** -0.5)
+        with torch.no_grad():
+            self.embed.weight[spec.pad_id].zero_()
+        self.position = nn.Parameter(sinusoids(spec.max_len, d)[None])  # learned from the sinusoids (unit size)
         layer = nn.TransformerDecoderLayer(d, spec.heads, 4 * d, spec.dropout, activation="gelu", batch_first=True,
                                            norm_first=True)
         self.layers = nn.TransformerDecoder(layer, spec.layers, norm=nn.LayerNorm(d))

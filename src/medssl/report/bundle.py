@@ -3,9 +3,10 @@
 Two kinds of checkpoint, both written by `medssl report train`:
 - "report_generator": a ReportModel (encoder + decoder + finding head), its DecoderSpec, the encoder's ModelSpec,
   the report tokenizer, the preprocess and the generation settings;
-- "report_retrieval": an aligned model (its weights as "model"; spec, tokenizer, preprocess), the sentence bank (the training
-  reports' sentences and their embeddings), the chosen k and near-duplicate threshold, and a linear probe on the
-  aligned image embeddings that gives the finding probabilities.
+- "report_retrieval": an aligned model (its weights as "model"; spec, tokenizer, preprocess), the corpus (the
+  training reports' sentences or whole reports, their embeddings, optional centring biases), the chosen k and
+  near-duplicate threshold, and a linear probe on the aligned image embeddings that gives the finding
+  probabilities.
 Loading imports no training code. A checkpoint of another kind, or a tokenizer whose vocabulary does not match the
 decoder's, is one line naming the file (exit 2).
 """
@@ -29,6 +30,7 @@ from medssl.models.decoders import DecoderSpec
 from medssl.models.factory import ModelSpec, build_backbone
 from medssl.models.report_model import ReportModel
 from medssl.report.generate import GenerateConfig, generate
+from medssl.report.labeler import label_reports
 from medssl.report.retrieval_based import retrieve_reports, word_set
 from medssl.text.tokenizer import ReportTokenizer
 
@@ -54,6 +56,8 @@ class ReportRun:
     bank_texts: list[str] = field(default_factory=list)
     bank: np.ndarray | None = None  # (M, D) unit sentence embeddings
     bank_words: list[frozenset[str]] = field(default_factory=list)
+    bank_statuses: list[dict[str, str]] = field(default_factory=list)  # the labeller's reading of each sentence
+    bias: np.ndarray | None = None  # (M,) subtracted from the cosines when the run centres (see retrieval_based)
     k: int = 3
     dup_jaccard: float = 0.6
     probe: tuple[np.ndarray, np.ndarray] | None = None  # (K, D) weights and (K,) bias on aligned embeddings
@@ -110,6 +114,9 @@ def load_report_run(path: str | Path) -> ReportRun:
     run.bank_texts = list(bank["texts"])
     run.bank = np.asarray(bank["embeddings"], dtype=np.float32)
     run.bank_words = [word_set(t) for t in run.bank_texts]
+    run.bank_statuses = label_reports(run.bank_texts)
+    if bank.get("bias") is not None:
+        run.bias = np.asarray(bank["bias"], dtype=np.float32)
     run.k, run.dup_jaccard = int(ckpt["k"]), float(ckpt["dup_jaccard"])
     if ckpt.get("probe") is not None:
         run.probe = (np.asarray(ckpt["probe"]["weight"]), np.asarray(ckpt["probe"]["bias"]))
@@ -162,7 +169,7 @@ def write_reports(run: ReportRun, images: Tensor, views: Tensor, cfg: GenerateCo
         if run.probe is not None:
             probs = 1 / (1 + np.exp(-(z @ run.probe[0].T + run.probe[1])))
         for i, (text, sources) in enumerate(retrieve_reports(z, run.bank, run.bank_texts, run.k, run.dup_jaccard,
-                                                             run.bank_words)):
+                                                             run.bank_words, run.bank_statuses, run.bias)):
             results.append({"report": present(text),
                             "findings": {} if probs is None else dict(zip(run.findings, map(float, probs[i]))),
                             "sources": [{"sentence": present(s), "score": round(c, 4)} for s, c in sources]})

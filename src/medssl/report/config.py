@@ -81,6 +81,8 @@ class ReportRetrieval:
     ks: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5, 6, 8])
     dup_jaccard: float = 0.6  # a sentence whose word set overlaps a chosen one's this much (Jaccard) is skipped
     select_by: str = "clinical_f1"  # what picks k on validation: clinical_f1 or bleu4
+    center: bool | None = None  # rank by cosine minus the sentence's mean on training images; None = on validation
+    unit: str | None = None  # retrieve "sentence"s (k of them) or whole "report"s (the best one); None = on validation
 
 
 @dataclass
@@ -140,6 +142,8 @@ class ReportConfig:
         if not 0 < r.dup_jaccard <= 1:
             raise bad("retrieval.dup_jaccard", r.dup_jaccard, "must lie in (0, 1]")
         check_choice("retrieval.select_by", r.select_by, ("clinical_f1", "bleu4"))
+        if r.unit is not None:
+            check_choice("retrieval.unit", r.unit, ("sentence", "report"))
         if self.evaluate.n_boot < 1 or self.evaluate.gallery < 0:
             raise MedsslError(f"config: evaluate.n_boot={self.evaluate.n_boot} must be >= 1 and evaluate.gallery="
                               f"{self.evaluate.gallery} >= 0")

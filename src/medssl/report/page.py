@@ -48,7 +48,9 @@ def summary_lines(metrics: dict[str, Any]) -> list[str]:
                      f"chance: {_num(agree['f1_shuffled'])})")
     r = metrics.get("retrieval")
     if r:
-        lines.append(f"  retrieval: k={r['k']} sentences per report from {r['bank_sentences']} training sentences")
+        what = f"k={r['k']} sentences per report" if r.get("unit") == "sentence" else "the best whole report"
+        lines.append(f"  retrieval: {what} from {r['bank_size']} training {r.get('unit')}s"
+                     f"{', centred scores' if r.get('center') else ''} (chosen on validation)")
     cache = metrics.get("cache")
     if cache:
         lines.append(f"  feature cache: {cache['images']} images, {cache['bytes'] / 1e6:.1f} MB, "
