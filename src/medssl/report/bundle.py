@@ -132,10 +132,10 @@ def present(text: str) -> str:
     return _SENTENCE_START.sub(lambda m: m.group(1) + m.group(2).upper(), text)
 
 
-def _inputs(run: ReportRun, images: Tensor) -> Tensor:
-    """(B, V, 1, S, S) uint8 -> (B, V, C, size, size) model inputs."""
+def study_inputs(preprocess: Preprocess, images: Tensor) -> Tensor:
+    """(B, V, 1, S, S) uint8 study views -> (B, V, C, size, size) model inputs."""
     b, v = images.shape[:2]
-    x = run.preprocess.to_input(images.flatten(0, 1))
+    x = preprocess.to_input(images.flatten(0, 1))
     return x.reshape(b, v, *x.shape[1:])
 
 
@@ -178,7 +178,7 @@ def write_reports(run: ReportRun, images: Tensor, views: Tensor, cfg: GenerateCo
     cfg = cfg or run.generate
     with torch.no_grad():
         for lo in range(0, len(images), batch):
-            x, have = _inputs(run, images[lo:lo + batch]), views[lo:lo + batch].bool()
+            x, have = study_inputs(run.preprocess, images[lo:lo + batch]), views[lo:lo + batch].bool()
             memory, mask = run.model.memory({"images": x, "views": have})
             ids = generate(run.model.decoder, memory, mask, cfg)
             logits = run.model.finding_logits(memory, mask)

@@ -18,7 +18,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from medssl.models.decoders import DecoderSpec
 from medssl.models.factory import ModelSpec, build_backbone
 from medssl.models.report_model import ReportModel
 from medssl.optim import OptimConfig
-from medssl.report.bundle import GENERATOR, MODEL, load_report_run
+from medssl.report.bundle import GENERATOR, MODEL, load_report_run, study_inputs
 from medssl.report.config import ReportConfig, save_report_config, to_dict
 from medssl.report.studies import Study, StudySet, load_studies, study_tensors
 from medssl.runspec import RunSpec, TrainConfig, Validation
@@ -74,11 +74,8 @@ class StudyBatches:
         if "maps" in self.rows:
             out["maps"] = self.rows["maps"][idx]
         else:
-            x = self.rows["images"][idx]
-            b, v = x.shape[:2]
             assert self.preprocess is not None
-            flat = self.preprocess.to_input(x.flatten(0, 1))
-            out["images"] = flat.reshape(b, v, *flat.shape[1:])
+            out["images"] = study_inputs(self.preprocess, self.rows["images"][idx])
         if "findings" in self.rows:
             out["findings"] = self.rows["findings"][idx]
         return out
@@ -144,7 +141,7 @@ def _encoder(cfg: ReportConfig, size: int | None) -> tuple[torch.nn.Module, Mode
                               "`medssl align` run")
         spec = bundle.spec.bare()
         if size is not None and size != bundle.preprocess.size:
-            spec = ModelSpec(**{**asdict(spec), "image_size": size}) if spec.backbone.startswith("resnet") else spec
+            spec = replace(spec, image_size=size) if spec.backbone.startswith("resnet") else spec
         pre = Preprocess(size or bundle.preprocess.size, bundle.preprocess.channels)
         return bundle.model, spec, pre, bundle.meta.get("config", {}) or {}
     size = size or 64
