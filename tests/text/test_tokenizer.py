@@ -66,6 +66,13 @@ def test_decode_inverts_encode_and_keeps_the_placeholder(tok):
     assert tok.decode([[2, 3, 0]]) == [""]
 
 
+def test_decode_rejoins_hyphens_slashes_brackets_and_percent():
+    tok = ReportTokenizer.train(["a 52-year-old man (spo2 85%) with t2/t3 changes. impression: x-ray stable; ok."] * 3,
+                                vocab_size=200, context=64)
+    text = "a 52-year-old man (spo2 85%) with t2/t3 changes. impression: x-ray stable; ok."
+    assert tok.decode(tok.encode([text])["ids"]) == [text]
+
+
 def test_to_json_from_json_round_trip_gives_identical_ids(tok):
     restored = ReportTokenizer.from_json(tok.to_json())
     texts = CORPUS[:5] + ["an unseen zebra word.", "x" * 40]

@@ -11,6 +11,7 @@ local Hugging Face model folder in the same interface (nothing is downloaded).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,6 +24,16 @@ from medssl.text.reports import DEID, split_sentences, truncate_sentences
 FORMAT = "medssl.text.tokenizer/1"
 ROLES = ("pad", "cls", "sep", "unk", "mask")
 BERT_SPECIALS = {"pad": "[PAD]", "cls": "[CLS]", "sep": "[SEP]", "unk": "[UNK]", "mask": "[MASK]"}
+# WordPiece's decoder puts a space around every punctuation piece and takes back only " ." " ," " ?" " !" and
+# contractions: rejoin what reports write without spaces ("52-year-old", "t2/t3", "(spo2 85%)", "impression:")
+_JOIN = ((re.compile(r"(?<=\w) ([-/]) (?=\w)"), r"\1"), (re.compile(r"([(\[]) "), r"\1"),
+         (re.compile(r" ([)\]%:;])"), r"\1"))
+
+
+def _detokenize(text: str) -> str:
+    for pattern, repl in _JOIN:
+        text = pattern.sub(repl, text)
+    return text
 
 
 class ReportTokenizer:
@@ -156,7 +167,8 @@ class ReportTokenizer:
         if rows and not isinstance(rows[0], list):
             raise MedsslError("tokenizer: decode takes (B, L) ids")
         drop = {self.ids["pad"], self.ids["cls"], self.ids["sep"]}
-        return [self.tokenizer.decode([i for i in row if i not in drop], skip_special_tokens=False) for row in rows]
+        return [_detokenize(self.tokenizer.decode([i for i in row if i not in drop], skip_special_tokens=False))
+                for row in rows]
 
     def to_json(self) -> str:
         """The whole tokenizer as one JSON string (stored in a checkpoint; restored by from_json, no file)."""
