@@ -304,8 +304,9 @@ def write_demo_report(out: Path, settings: Any, stages: dict[str, float], second
         sections.append(("Report generation (drafts for a radiologist's review)", html.paragraph(
             f"On the frozen ConVIRT encoder: an attention LSTM trained for {settings.report_steps} steps on the "
             "encoder's cached feature maps of each study's frontal and lateral views (beam 3, trigram blocking), "
-            "and retrieval-based reports (the training reports' sentences nearest the image, near-duplicates "
-            "skipped, k chosen on validation), against the training set's most common report and the nearest "
+            "and retrieval-based reports (the k training-report sentences nearest the image, near-duplicates and "
+            "contradictions skipped, or the nearest whole report: unit, k and hub-centring chosen on validation), "
+            "against the training set's most common report and the nearest "
             "training image's report. Text scores by pycocoevalcap; clinical precision / recall / F1: the finding "
             "labeller on each draft against its reference (CI: patient bootstrap); last two columns: the findings "
             "a draft states against the study's own labels, and against another study's labels (chance).", note=True)

@@ -134,7 +134,11 @@ def test_generate_refuses_bad_input_in_one_line(lstm_run, cli, tmp_path):
     state["decoder"] = {**state["decoder"], "vocab_size": state["decoder"]["vocab_size"] + 1}
     mixed = tmp_path / "mixed.pt"
     torch.save(state, mixed)
-    for args, words in [((out, empty), "no image files"), ((out, bad), "broken.png"),
+    many = tmp_path / "collection"
+    many.mkdir()
+    for i in range(5):
+        (many / f"p{i}.png").write_bytes(b"")
+    for args, words in [((out, empty), "no image files"), ((out, many), "5 images in one folder"), ((out, bad), "broken.png"),
                         ((out, tmp_path / "nope.png"), "no such image"), ((other, bad), "not a report model"),
                         ((mixed, bad), "vocabulary mismatch"), ((tmp_path / "norun", bad), "no such")]:
         code, _, err = cli("report", "generate", *args)

@@ -1,7 +1,8 @@
 """`medssl report generate RUN IMAGE_OR_FOLDER...`: a draft report per study.
 
 An image file is a study of one view; a folder is one study of its images (a DICOM's ViewPosition, else a file
-name with "lat" in it, says which is lateral; the first frontal and the first lateral are used). Plain text by
+name with "lat" in it, says which is lateral; the first frontal and the first lateral are used), at most
+MAX_STUDY_IMAGES of them: a folder of a whole collection is refused rather than read as one study. Plain text by
 default; --json gives per study the findings with probabilities, the report, the findings the report states and,
 for the retrieval method, the source sentences with their scores. Nothing of a DICOM's patient identity is read
 into the output: the study is named by its path.
@@ -20,6 +21,7 @@ from medssl.errors import MedsslError
 from medssl.report.bundle import ReportRun, load_report_run, write_reports
 from medssl.report.studies import is_lateral
 
+MAX_STUDY_IMAGES = 4  # a chest radiograph study: PA / AP and lateral, now and then a repeat
 _LATERAL_NAME = re.compile(r"(^|[^a-z])lat(eral)?([^a-z]|$)", re.IGNORECASE)
 
 
@@ -57,6 +59,9 @@ def gather(items: list[str], views: int) -> list[tuple[str, list[Path | None]]]:
             files = _images_in(p)
             if not files:
                 raise MedsslError(f"{p}: no image files in this folder")
+            if len(files) > MAX_STUDY_IMAGES:
+                raise MedsslError(f"{p}: {len(files)} images in one folder; a folder is one study's views (at most "
+                                  f"{MAX_STUDY_IMAGES}): give one folder per study, or the image files")
             slots: list[Path | None] = [None] * views
             for f in files:
                 slot = 1 if views == 2 and _view_of(f) == "LATERAL" else 0
