@@ -145,3 +145,30 @@ def test_token_loss_ignores_padding():
     ids = torch.tensor([[2, 1, 0, 0]])                      # one real next word, then padding
     assert float(token_loss(logits, ids, pad_id=0)) == pytest.approx(float(torch.log1p(4 * torch.exp(
         torch.tensor(-10.0)))), rel=1e-3)
+
+
+class _CountingEncoder(nn.Module):
+    """forward_features: (N, 1, 8, 8) -> (N, 12, 2, 2), recording how many images it was given."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 12, 4, stride=4)
+        self.seen: list[int] = []
+
+    def forward_features(self, x):
+        self.seen.append(x.shape[0])
+        return self.conv(x)
+
+
+def test_a_missing_view_is_not_encoded_and_the_present_ones_are_unchanged():
+    from medssl.models.report_model import ReportModel
+
+    torch.manual_seed(0)
+    encoder = _CountingEncoder()
+    model = ReportModel(DecoderSpec(**SPEC), encoder).eval()
+    images = torch.randn(2, 2, 1, 8, 8)
+    views = torch.tensor([[True, False], [True, True]])
+    maps = model.feature_maps(images, views)
+    assert encoder.seen == [3]                                # three present views, not four
+    torch.testing.assert_close(maps[1, 1], encoder.conv(images[1, 1:2])[0])
+    assert maps[0, 1].abs().sum() == 0

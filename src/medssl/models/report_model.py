@@ -51,11 +51,16 @@ class ReportModel(Trainable):
     def feature_maps(self, images: Tensor, views: Tensor) -> Tensor:
         """(B, V, C, S, S) model inputs -> the encoder's last feature maps (B, V, F, h, w); missing views zero."""
         b, v = images.shape[:2]
-        maps = self.encoder.forward_features(images.flatten(0, 1))
-        if maps.ndim != 4:
+        have = views.reshape(-1)
+        if not bool(have.any()):
+            have = torch.ones_like(have)                      # nothing to encode: keep the shapes (all masked)
+        present = self.encoder.forward_features(images.flatten(0, 1)[have])  # a missing view costs nothing
+        if present.ndim != 4:
             raise MedsslError("report generation needs a convolutional encoder (feature maps); this one gives "
-                              f"{maps.ndim - 1}-D features")
-        maps = maps.reshape(b, v, *maps.shape[1:])
+                              f"{present.ndim - 1}-D features")
+        maps = present.new_zeros((b * v, *present.shape[1:]))
+        maps[have] = present
+        maps = maps.reshape(b, v, *present.shape[1:])
         return maps * views[:, :, None, None, None].to(maps.dtype)
 
     def memory(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
