@@ -11,6 +11,8 @@ Frames are (rows, columns) as stored. Every bad input raises ImageReadError whos
 
 from __future__ import annotations
 
+import io
+
 import hashlib
 import warnings
 from pathlib import Path
@@ -28,14 +30,18 @@ from medssl.data._readutil import (PathLike, _check_file, _check_index, _decodin
 from medssl.errors import ImageReadError, MedsslError
 
 
-def _dcmread(path: Path, header_only: bool) -> Dataset:
-    """Parse a DICOM file; files without the 128-byte preamble and 'DICM' are accepted if they hold an image."""
+def _dcmread(path: Path, header_only: bool, data: bytes | None = None) -> Dataset:
+    """Parse a DICOM file (or its bytes, `data`, named `path` in messages); files without the 128-byte preamble and
+    'DICM' are accepted if they hold an image."""
+    def source():
+        return path if data is None else io.BytesIO(data)
+
     with _decoding(path, "not a readable DICOM file"), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            ds = pydicom.dcmread(path, stop_before_pixels=header_only)
+            ds = pydicom.dcmread(source(), stop_before_pixels=header_only)
         except InvalidDicomError:
-            ds = pydicom.dcmread(path, stop_before_pixels=header_only, force=True)
+            ds = pydicom.dcmread(source(), stop_before_pixels=header_only, force=True)
             if "Rows" not in ds and "SOPClassUID" not in ds:
                 raise _fail(path, "not a DICOM file (no 'DICM' marker at byte 128 and no image attributes)") from None
             caught.clear()  # forced parsing warns about every guess it makes; the check above is what counts
@@ -186,13 +192,15 @@ def _dicom_colour(path: Path, ds: Dataset, raw: np.ndarray) -> np.ndarray:
 
 
 def read_dicom(path: PathLike, index: int | None = None, *, gray: bool = True,
-               window: tuple[float, float] | None = None) -> tuple[np.ndarray, dict]:
-    """One frame of a DICOM file (index, default 0) as float32 in [0, 1], with its tags as metadata."""
+               window: tuple[float, float] | None = None, data: bytes | None = None) -> tuple[np.ndarray, dict]:
+    """One frame of a DICOM file (index, default 0) as float32 in [0, 1], with its tags as metadata (patient id
+    pseudonymised, no name or birth date). With `data`, the file's bytes are read from memory and `path` only names
+    them (an upload is never written to disk)."""
     if window is not None and not (len(window) == 2 and float(window[1]) >= 1):
         raise MedsslError(f"window must be (center, width) with width >= 1, got {window!r}")
-    path = _check_file(path)
+    path = _check_file(path) if data is None else Path(path)
     with _decoding(path, "invalid DICOM data"):  # attribute values are parsed lazily and can fail here too
-        ds = _dcmread(path, header_only=False)
+        ds = _dcmread(path, header_only=False, data=data)
         meta = _dicom_meta(ds)
         frame = _check_index(path, index, meta["n_images"], "frame")
         raw = _dicom_pixels(path, ds, frame)

@@ -19,6 +19,8 @@ Every bad input raises ImageReadError whose message starts with the file path an
 
 from __future__ import annotations
 
+from io import BytesIO
+
 import functools
 from pathlib import Path
 
@@ -30,9 +32,10 @@ from medssl.data._readutil import (META_KEYS, PathLike, _check_file, _check_inde
                                    _minmax, _named, _to_unit)
 from medssl.data.dicom import read_dicom, read_dicom_header
 from medssl.data.npz import NpzArrays, npz_image, read_npz, read_npz_header, read_npz_row
+from medssl.errors import ImageReadError
 
 __all__ = ["IMAGE_SUFFIXES", "META_KEYS", "NpzArrays", "image_format", "npz_image", "read_dicom", "read_header",
-           "read_image", "read_nifti", "read_npz", "read_png_jpeg_tiff"]
+           "read_image", "read_image_bytes", "read_nifti", "read_npz", "read_png_jpeg_tiff"]
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom", ".nii", ".nii.gz",
                                    ".npz")
@@ -93,6 +96,21 @@ def read_image(path: PathLike, index: int | None = None, *, gray: bool = True,
     return read_png_jpeg_tiff(path, index, gray=gray)
 
 
+UPLOAD_FORMATS = "DICOM, PNG or JPEG"
+
+
+def read_image_bytes(data: bytes, name: str = "upload") -> tuple[np.ndarray, dict]:
+    """A DICOM, PNG or JPEG file's bytes (an upload) -> (H, W) float32 in [0, 1] and metadata, never touching the
+    disk; the format comes from the bytes, not the name. ImageReadError naming `name` for anything else."""
+    if not data:
+        raise ImageReadError(f"{name}: empty file")
+    if data[:8] == b"\x89PNG\r\n\x1a\n" or data[:3] == b"\xff\xd8\xff":
+        return read_png_jpeg_tiff(name, data=data)
+    if data[128:132] == b"DICM" or data[:4] in (b"\x08\x00\x05\x00", b"\x08\x00\x08\x00", b"\x08\x00\x16\x00"):
+        return read_dicom(name, data=data)
+    raise ImageReadError(f"{name}: not a {UPLOAD_FORMATS} image (its first bytes are none of theirs)")
+
+
 def read_header(path: PathLike) -> dict:
     """Metadata without decoding pixels; `shape` is what read_image returns by default."""
     path, fmt = _format_or_fail(path)
@@ -136,10 +154,13 @@ def _pil_meta(img: Image.Image, **extra: object) -> dict:
                  bits=bits, photometric=img.mode, **extra)
 
 
-def read_png_jpeg_tiff(path: PathLike, index: int | None = None, *, gray: bool = True) -> tuple[np.ndarray, dict]:
-    """PNG, JPEG or TIFF via Pillow; index selects the page of a multi-page TIFF (default 0)."""
-    path = _check_file(path)
-    with _decoding(path, "not a readable PNG/JPEG/TIFF image"), Image.open(path, formats=_PIL_OPEN) as img:
+def read_png_jpeg_tiff(path: PathLike, index: int | None = None, *, gray: bool = True,
+                       data: bytes | None = None) -> tuple[np.ndarray, dict]:
+    """PNG, JPEG or TIFF via Pillow; index selects the page of a multi-page TIFF (default 0). With `data`, the
+    bytes are read from memory and `path` only names them."""
+    path = _check_file(path) if data is None else Path(path)
+    with _decoding(path, "not a readable PNG/JPEG/TIFF image"), \
+            Image.open(path if data is None else BytesIO(data), formats=_PIL_OPEN) as img:
         page = _check_index(path, index, getattr(img, "n_frames", 1), "page")
         if page:
             img.seek(page)
