@@ -306,6 +306,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """The web service over a run folder."""
+    from medssl.serve.run import run_serve
+
+    return run_serve(args.run, args.host, args.port, args.token_file, args.workers, args.max_upload_mb, args.threads)
+
+
 def cmd_report_train(args: argparse.Namespace) -> int:
     """Train a report generator (or build the retrieval-based reporter) and score it on the test split."""
     from medssl.report.config import load_report_config
@@ -561,6 +568,21 @@ examples:
     pr.add_argument("images", nargs="+", help="image files (PNG, JPEG, TIFF, DICOM, NIfTI) or folders")
     pr.add_argument("--json", action="store_true", help="one JSON object instead of one line per image")
     pr.set_defaults(func=cmd_predict)
+
+    sv = sub.add_parser(
+        "serve", help="a web page and JSON API over a run: findings, draft reports, similar cases, heat map",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=(
+            "examples:\n  medssl serve runs/demo                      # http://127.0.0.1:8000/ on this machine only\n"
+            "  MEDSSL_TOKEN=... medssl serve runs/demo --host 0.0.0.0   # beyond loopback: a token is required\n"
+            "API: POST /v1/analyze (multipart 'file'), GET /v1/model, GET /healthz, /docs"))
+    sv.add_argument("run", help="run folder of medssl demo / run, or of report train, evaluate; or a bundle file")
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--token-file", help="API token (first line); or set MEDSSL_TOKEN. Never on the command line")
+    sv.add_argument("--workers", type=int, default=2, help="inference threads (requests run concurrently)")
+    sv.add_argument("--max-upload-mb", type=int, default=20)
+    sv.add_argument("--threads", type=int, help="torch threads (default: cores, at most 4)")
+    sv.set_defaults(func=cmd_serve)
 
     rep = sub.add_parser("report", help="report generation: train, generate, label findings").add_subparsers(
         dest="report_command", required=True)

@@ -251,7 +251,7 @@ def _check_k(k: int) -> int:
     return k
 
 
-def _hits(index: Index | None, studies: Sequence[str], query: np.ndarray, k: int, kind: str
+def hits(index: Index | None, studies: Sequence[str], query: np.ndarray, k: int, kind: str
           ) -> list[dict[str, Any]]:
     """The k best entries of one query (1, D), best first, as printable dicts ([] without an index)."""
     if index is None:
@@ -308,8 +308,8 @@ def run_retrieve(run: str | Path, image: str | None = None, text: str | None = N
         g = gallery(aligned, run, plan, ALL_SPLITS, out / source_key(data), rebuild, n, skip_bad, progress)
         result = {"run": str(run), "method": aligned.spec.method, "source": plan.source,
                   "query": {"image": str(image)} if image is not None else {"text": text}, "k": k,
-                  "images": _hits(g.images, g.image_studies, q, k, "image"),
-                  "sentences": _hits(g.sentences, g.sentence_studies, q, k, "sentence"),
+                  "images": hits(g.images, g.image_studies, q, k, "image"),
+                  "sentences": hits(g.sentences, g.sentence_studies, q, k, "sentence"),
                   "index": {"folder": str(g.folder), "built": g.built, "images": len(g.images),
                             "sentences": len(g.sentences or ()), "splits": list(ALL_SPLITS)}}
     result["seconds"] = time.perf_counter() - t0
