@@ -50,3 +50,10 @@ def test_bad_values(png):
     with pytest.raises(MedsslError, match=r"expected images"):
         Preprocess(16, 3).to_input(torch.zeros(1, 2, 16, 16))
     assert Preprocess.from_dict(Preprocess(16, 3).to_dict()) == Preprocess(16, 3)
+
+
+def test_decode_leaves_the_callers_array_alone():
+    arr = np.linspace(0, 1, 32 * 32, dtype=np.float32).reshape(32, 32)
+    before = arr.copy()
+    Preprocess(32, 1).decode(arr)                            # same size: resize is a no-op on the shared memory
+    np.testing.assert_array_equal(arr, before)

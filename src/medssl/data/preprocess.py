@@ -52,7 +52,8 @@ class Preprocess:
     def decode(self, source: Source) -> Tensor:
         """An image file, a Record or an (H, W) array in [0, 1] -> (1, size, size) uint8."""
         x = torch.from_numpy(np.ascontiguousarray(_pixels(source), dtype=np.float32))[None, None]
-        return resize(x, self.size)[0].clamp_(0, 1).mul_(255).round_().to(torch.uint8)
+        # out of place first: at the same size resize returns x, which may share memory with the caller's array
+        return resize(x, self.size)[0].clamp(0, 1).mul_(255).round_().to(torch.uint8)
 
     def to_input(self, x: Tensor) -> Tensor:
         """(B, 1 or channels, S, S) uint8 or float in [0, 1] -> (B, channels, size, size) float32."""
