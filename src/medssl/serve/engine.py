@@ -119,16 +119,31 @@ class Engine:
         probs = class_probabilities(b, [pixels])[0]
         ranked = sorted(zip(names, map(float, probs)), key=lambda t: -t[1])
         if heatmap and self.cam_layer is not None:
-            from medssl.evaluate.outputs import ImagesToLogits
-            from medssl.evaluate.plots import grad_cam
-
             x = b.preprocess.to_input(b.preprocess.decode(pixels)[None])
             explain = names.index(ranked[0][0]) if b.task.kind != "binary" else 0  # binary: one logit
-            with torch.enable_grad():
-                cam, _ = grad_cam(ImagesToLogits(b.model), x, "model." + self.cam_layer, class_index=explain)
+            cam = grad_cam_map(b.model, x, explain)
             out["heatmap"] = {"finding": ranked[0][0] if b.task.kind != "binary" else names[-1],
-                              "png": overlay_png(pixels, cam[0])}
+                              "png": overlay_png(pixels, cam)}
         return [{"finding": n, "probability": round(p, 4)} for n, p in ranked]
+
+
+def grad_cam_map(classifier: torch.nn.Module, x: torch.Tensor, class_index: int) -> np.ndarray:
+    """Grad-CAM (Selvaraju et al. 2017) of one image (1, C, S, S) for one logit over the backbone's last feature map:
+    ReLU of the map weighted by its mean gradient, scaled to [0, 1], at the input's size. No hooks and no copy: the
+    shared model is only read (torch.autograd.grad to the map, never into the weights), so concurrent requests are
+    safe. (evaluate.plots.grad_cam runs MONAI's GradCAM on a copy of the model instead: fine once per evaluation,
+    but that copy and its hooks were never freed and cost about 10 MB a request in a service.)"""
+    with torch.enable_grad():
+        maps = classifier.backbone.forward_features(x)
+        if maps.ndim != 4:
+            raise MedsslError("Grad-CAM needs a convolutional feature map")
+        logits = classifier.head(maps.mean(dim=(2, 3)))
+        grads = torch.autograd.grad(logits[:, class_index].sum(), maps)[0]
+    with torch.no_grad():
+        cam = torch.relu((grads.mean(dim=(2, 3), keepdim=True) * maps).sum(dim=1, keepdim=True))
+        cam = torch.nn.functional.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
+        lo, hi = cam.min(), cam.max()
+        return ((cam - lo) / (hi - lo).clamp_min(1e-12)).numpy()
 
 
 def overlay_png(image: np.ndarray, cam: np.ndarray | None, size: int = 256) -> str:
