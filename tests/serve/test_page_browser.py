@@ -8,6 +8,7 @@ import shutil
 
 import pytest
 
+from serving import serve_run, server  # noqa: F401  (fixtures)
 from test_serve import png
 
 

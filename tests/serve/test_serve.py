@@ -15,6 +15,7 @@ import numpy as np
 import pydicom
 from PIL import Image
 from pydicom.data import get_testdata_file
+from serving import TOKEN, serve_run, server, token_server  # noqa: F401  (fixtures)
 
 NAME, PID, BIRTH = "Doe^Jane^Secretname", "PID-98765-SECRET", "19230405"
 
@@ -134,7 +135,8 @@ def test_concurrent_requests_do_not_interfere(server):
     assert len({r["request_id"] for r in results.values()}) == 12
 
 
-def test_a_token_guards_every_route_but_health(token_server, token):
+def test_a_token_guards_every_route_but_health(token_server):
+    token = TOKEN
     url = token_server.url
     assert call(url, "/healthz")[0] == 200
     for headers in ({}, {"Authorization": "Bearer wrong-token-0123456789"}, {"Authorization": token},

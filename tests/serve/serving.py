@@ -1,4 +1,5 @@
-"""A tiny run folder to serve (a classifier bundle and an LSTM report run, untrained beyond a few steps: the tests
+"""Fixtures of the serve tests (a plain module, not a conftest: tests/conftest.py is imported by name elsewhere,
+and a second conftest.py would shadow it). A tiny run folder to serve (a classifier bundle and an LSTM report run, untrained beyond a few steps: the tests
 check the service, not the model) and a server started on a free loopback port in a subprocess, stopped after."""
 
 from __future__ import annotations
@@ -99,8 +100,3 @@ def token_server(serve_run, tmp_path_factory):
     s = Server(serve_run, tmp_path_factory.mktemp("log") / "serve.log", env={"MEDSSL_TOKEN": TOKEN})
     yield s
     s.stop()
-
-
-@pytest.fixture
-def token() -> str:
-    return TOKEN
