@@ -11,6 +11,7 @@ from medssl.evaluate.plots import grad_cam
 from medssl.models.classifier import Classifier
 from medssl.models.factory import ModelSpec, build_backbone
 from medssl.serve.engine import grad_cam_map
+from serving import serve_run  # noqa: F401  (fixture)
 
 
 def test_grad_cam_map_equals_monais_and_leaves_the_model_alone():
@@ -27,3 +28,28 @@ def test_grad_cam_map_equals_monais_and_leaves_the_model_alone():
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert all(p.grad is None for p in model.parameters())
     assert not model._forward_hooks and not model.backbone._forward_hooks
+
+
+def test_an_engine_serves_whatever_a_folder_or_file_holds(serve_run, tmp_path):
+    import pytest
+
+    from medssl.errors import MedsslError
+    from medssl.serve.engine import load_engine
+
+    from test_serve import png
+
+    bundle = next(serve_run.glob("evaluate/*/bundles/*.pt"))
+    only_classifier = load_engine(bundle)
+    r = only_classifier.analyze(png(0), "upload")
+    assert "findings" in r and "heatmap" in r and "report" not in r
+    only_report = load_engine(serve_run / "report" / "lstm")
+    r = only_report.analyze(png(0), "upload")
+    assert "findings" not in r and r["report"]["method"] == "lstm"
+    assert set(only_report.describe()) >= {"generator", "notes"} and "classifier" not in only_report.describe()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(MedsslError, match="holds no classifier bundle"):
+        load_engine(tmp_path / "empty")
+    with pytest.raises(MedsslError, match="no such run"):
+        load_engine(tmp_path / "missing")
+    with pytest.raises(MedsslError, match="upload: not a DICOM"):
+        only_report.analyze(b"GIF89a not supported", "upload")
