@@ -121,6 +121,12 @@ class LSTMDecoder(nn.Module):
         self.out_hidden, self.out_context = nn.Linear(d, d), nn.Linear(d, d)
         self.out = nn.Linear(d, spec.vocab_size)
 
+    @staticmethod
+    def static_state(key: str) -> bool:
+        """State entries that depend on the study only (the same for all its beams: a beam search need not reorder
+        them, since it reorders hypotheses within a study)."""
+        return key in ("memory", "keys", "mask")
+
     def start(self, memory: Tensor, mask: Tensor) -> dict[str, Tensor]:
         """The state before the first word: h, c from the mean region; the memory and its attention keys."""
         mean = masked_mean(memory, mask)
@@ -206,6 +212,11 @@ class TransformerDecoder(nn.Module):
         q = F.linear(q, *_in_proj(attn, 0))
         a = F.scaled_dot_product_attention(self._heads(q), k, v, attn_mask=mask)
         return attn.out_proj(a.transpose(1, 2).reshape(q.shape))
+
+    @staticmethod
+    def static_state(key: str) -> bool:
+        """The regions' keys and values and their mask depend on the study only (see LSTMDecoder.static_state)."""
+        return key == "mask" or key.startswith(("mk", "mv"))
 
     def start(self, memory: Tensor, mask: Tensor) -> dict[str, Tensor]:
         """The state before the first word: every layer's projected keys and values of the regions (computed once)

@@ -183,7 +183,8 @@ def beam_search(decoder: nn.Module, memory: Tensor, mask: Tensor, cfg: GenerateC
         if all(done):
             break
         order = torch.tensor(keep_rows, device=memory.device)
-        state = {key: v.index_select(0, order) for key, v in state.items()}
+        static = getattr(decoder, "static_state", lambda key: False)  # the same for every beam of a study
+        state = {key: v if static(key) else v.index_select(0, order) for key, v in state.items()}
         words = [words[r] + [w] for r, w in zip(keep_rows, keep_words)]
         if trigrams is not None:
             trigrams.reorder(keep_rows)
