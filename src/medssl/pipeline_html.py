@@ -326,5 +326,6 @@ def write_demo_report(out: Path, settings: Any, stages: dict[str, float], second
     for name, title in (("samples.png", "Samples (red: finding masks)"), ("label_balance.png", "Label balance")):
         if (plots / name).is_file():
             sections.append((title, html.image(plots / name, title)))
-    html.write_report(out / "report.html", "medssl demo: self-supervised and image-text pretraining, few labels, draft reports", sections)
+    html.write_report(out / "report.html",
+                      "medssl demo: self-supervised and image-text pretraining, few labels, draft reports", sections)
     return metrics

@@ -11,9 +11,8 @@ Frames are (rows, columns) as stored. Every bad input raises ImageReadError whos
 
 from __future__ import annotations
 
-import io
-
 import hashlib
+import io
 import warnings
 from pathlib import Path
 

@@ -19,9 +19,8 @@ Every bad input raises ImageReadError whose message starts with the file path an
 
 from __future__ import annotations
 
-from io import BytesIO
-
 import functools
+from io import BytesIO
 from pathlib import Path
 
 import nibabel as nib

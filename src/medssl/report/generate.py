@@ -150,6 +150,7 @@ def beam_search(decoder: nn.Module, memory: Tensor, mask: Tensor, cfg: GenerateC
     trigrams = _Trigrams(n * k) if cfg.block_trigrams else None
     tokens = torch.full((n * k,), spec.bos_id, dtype=torch.long, device=memory.device)
     steps = _limit(decoder, cfg)
+    static = getattr(decoder, "static_state", lambda key: False)  # the same for every beam of a study: not reordered
     for step in range(steps):
         logits, state = decoder.step(state, tokens)
         logp = _mask_logprobs(logits.float().log_softmax(-1), words, trigrams, [spec.bos_id, spec.pad_id])
@@ -183,7 +184,6 @@ def beam_search(decoder: nn.Module, memory: Tensor, mask: Tensor, cfg: GenerateC
         if all(done):
             break
         order = torch.tensor(keep_rows, device=memory.device)
-        static = getattr(decoder, "static_state", lambda key: False)  # the same for every beam of a study
         state = {key: v if static(key) else v.index_select(0, order) for key, v in state.items()}
         words = [words[r] + [w] for r, w in zip(keep_rows, keep_words)]
         if trigrams is not None:

@@ -9,10 +9,10 @@ A run folder of `medssl demo` (or `medssl run`) holds every part; a folder or fi
   one `medssl retrieve` builds and keeps.
 Whatever is missing is said in `describe()` and left out of the answer; a folder with none of them is refused.
 
-`analyze` mutates nothing shared: the models are in eval mode with gradients off (Grad-CAM runs on a copy of the
-classifier, see evaluate.plots.grad_cam), so concurrent requests do not interfere. An upload is decoded from memory
-(data.io.read_image_bytes) and nothing of a DICOM's patient identity reaches the answer: the findings, texts and
-similar cases name no patient and no file path.
+`analyze` mutates nothing shared: the models are in eval mode with gradients off (Grad-CAM differentiates to the
+feature map only, without hooks: grad_cam_map), so concurrent requests do not interfere. An upload is decoded from
+memory (data.io.read_image_bytes) and nothing of a DICOM's patient identity reaches the answer: the findings, texts
+and similar cases name no patient and no file path.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ class Engine:
     run: Path
     classifier: Any = None  # inference.Bundle
     classifier_path: Path | None = None
-    cam_layer: str | None = None
+    heatmaps: bool = False  # the classifier has a convolutional feature map to explain
     generator: Any = None  # report.bundle.ReportRun
     generator_path: Path | None = None
     retrieval: Any = None  # report.bundle.ReportRun (retrieval)
@@ -118,7 +118,7 @@ class Engine:
         names = list(b.task.classes)
         probs = class_probabilities(b, [pixels])[0]
         ranked = sorted(zip(names, map(float, probs)), key=lambda t: -t[1])
-        if heatmap and self.cam_layer is not None:
+        if heatmap and self.heatmaps:
             x = b.preprocess.to_input(b.preprocess.decode(pixels)[None])
             explain = names.index(ranked[0][0]) if b.task.kind != "binary" else 0  # binary: one logit
             cam = grad_cam_map(b.model, x, explain)
@@ -196,11 +196,9 @@ def _best_bundle(run: Path) -> Path | None:
     found = sorted(run.glob("evaluate/*/bundles/*.pt")) + sorted(run.glob("bundles/*.pt"))
     if not found:
         return None
-    import torch as _t
-
     def auc(p: Path) -> float:
         try:
-            m = _t.load(p, map_location="cpu", weights_only=False).get("test_metrics") or {}
+            m = torch.load(p, map_location="cpu", weights_only=False).get("test_metrics") or {}
             return float(m.get("roc_auc_macro") or m.get("roc_auc") or 0.0)
         except Exception:  # noqa: BLE001 - an unreadable bundle is reported when it is loaded
             return -1.0
@@ -222,7 +220,6 @@ def load_engine(run: str | Path, progress: bool = False) -> Engine:
     engine = Engine(run)
     from medssl.report.bundle import GENERATOR, load_report_run
 
-    own = None
     if run.is_dir() and (run / "model.pt").is_file():
         own = load_report_run(run)
         if own.kind == GENERATOR:
@@ -238,8 +235,8 @@ def load_engine(run: str | Path, progress: bool = False) -> Engine:
             b = load_bundle(bundle)
             if b.is_classifier:
                 engine.classifier, engine.classifier_path = b, bundle
-                engine.cam_layer = _target_layer(b.model)
-                if engine.cam_layer is None:
+                engine.heatmaps = _target_layer(b.model) is not None
+                if not engine.heatmaps:
                     engine.notes.append("no heat map: the classifier has no convolutional feature map")
         gen = _first(run, GENERATORS) if run.is_dir() else None
         if gen is not None:
