@@ -155,8 +155,9 @@ def test_demo_writes_summary_plots_and_html(cli, tmp_path):
     run = tmp_path / "run"
     assert json.loads((run / "data_summary.json").read_text())["patients"] == 30
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["settings"]["patients"] == 30 and metrics["settings"]["fractions"] == [0.1, 1.0]
-    assert metrics["settings"]["width"] == 8
+    config = metrics["config"]
+    assert config["data"]["patients"] == 30 and config["evaluate"]["fractions"] == [0.1, 1.0]
+    assert config["model"]["width"] == 8
     assert all(len(points) == 2 for points in metrics["curves"].values())        # every arm at both fractions
     assert len(metrics["curves"]) == 7                                           # 3 methods x 2 protocols + scratch
     assert "scratch (no pretraining)" in metrics["curves"] and len(metrics["predictions"]) == 6
@@ -166,10 +167,10 @@ def test_demo_writes_summary_plots_and_html(cli, tmp_path):
                     "Zero-shot classification", "Retrieval (ConVIRT)", "Report generation", "attention LSTM (draft)",
                     "retrieval-based (draft)", "medssl predict", "Samples"):
         assert section in html, section
-    image_text = metrics["image_text"]
+    image_text = metrics["image_text"]["convirt"]
     assert 0 <= image_text["zeroshot"]["roc_auc_macro"] <= 1 and "SimCLR+ConVIRT + LP-FT" in metrics["curves"]
     assert {"image_to_image", "text_to_image", "image_to_text"} <= set(image_text["retrieval"])
-    examples = json.loads((run / "retrieval_examples.json").read_text())
+    examples = json.loads((run / "retrieval" / "convirt" / "examples.json").read_text())
     assert [e["query"].get("text") for e in examples[:2]] == ["pleural effusion", "cardiomegaly"]
     shown = [e["query"]["image"] for e in examples if "image" in e["query"]] + [
         h["path"] for e in examples for h in e["images"]]
@@ -188,7 +189,7 @@ def test_demo_writes_summary_plots_and_html(cli, tmp_path):
     assert out.count("done in an earlier run") == len(metrics["stage_seconds"]) == 11
     code, _, err = cli("demo", "--out", run, *tiny, "--seeds", 2)
     assert code == 2
-    one_error_line(err, "holds a demo run with other settings")
+    one_error_line(err, "stage evaluate_simclr ran with other settings", "--from evaluate_simclr")
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "precious.txt").write_text("x")
     code, _, err = cli("demo", "--out", tmp_path / "other", "--quiet")
@@ -198,7 +199,7 @@ def test_demo_writes_summary_plots_and_html(cli, tmp_path):
     one_error_line(err, "patients=12 is too few")
     code, _, err = cli("demo", "--out", tmp_path / "few", "--fractions", "0,1", "--quiet")
     assert code == 2
-    one_error_line(err, "fractions=[0.0, 1.0]")
+    one_error_line(err, "evaluate.fractions=[0.0, 1.0]")
 
 
 def test_info_on_real_pneumoniamnist(cli, tmp_path):

@@ -287,22 +287,42 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+DEMO_FLAGS = {"patients": "data.patients", "size": "data.size", "width": "model.width", "seed": "data.seed",
+              "pretrain_steps": "pretrain.steps", "align_steps": "align.steps",
+              "finetune_steps": "evaluate.finetune_steps", "report_steps": "report.steps", "seeds": "evaluate.seeds"}
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Run the pipeline on built-in synthetic data and write a run report."""
-    import dataclasses
+    """`medssl run` on the built-in config (configs/demo.yaml states the same), with its flags as overrides."""
+    sets = [f"{DEMO_FLAGS[k]}={getattr(args, k)}" for k in DEMO_FLAGS if getattr(args, k) is not None]
+    if args.fractions:
+        sets.append(f"evaluate.fractions={json.dumps(list(args.fractions))}")
+    return _run(None, sets, args.out, args.from_stage, args.dry_run, args.quiet, "medssl demo")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """A whole study from a pipeline config into one run folder."""
+    out = args.out or str(Path("runs") / Path(args.config).stem)
+    return _run(args.config, args.set, out, args.from_stage, args.dry_run, args.quiet, "medssl run")
+
+
+def _run(config: str | None, sets: list[str], out: str, start: str | None, dry_run: bool, quiet: bool,
+         name: str) -> int:
     import time
 
-    from medssl.pipeline import DemoSettings, run_demo
+    from medssl.pipeline import run_pipeline
+    from medssl.pipeline_config import load_run_config
 
-    given = {k: getattr(args, k) for k in ("patients", "size", "width", "seed", "pretrain_steps", "align_steps",
-                                           "finetune_steps", "report_steps", "seeds")
-             if getattr(args, k) is not None}
-    if args.fractions:
-        given["fractions"] = tuple(args.fractions)
+    cfg = load_run_config(config, sets)
+    if dry_run:
+        from medssl.pipeline_plan import format_plan, plan
+
+        print(format_plan(plan(cfg, Path(out), start, progress=not quiet)))
+        return 0
     t0 = time.perf_counter()
-    metrics = run_demo(Path(args.out), dataclasses.replace(DemoSettings(), **given), progress=not args.quiet)
+    metrics = run_pipeline(cfg, Path(out), start=start, progress=not quiet, config_path=config)
     print(metrics["verdict"]["text"])
-    print(f"medssl demo finished in {time.perf_counter() - t0:.0f} s -> {Path(args.out) / 'report.html'}")
+    print(f"{name} finished in {time.perf_counter() - t0:.0f} s -> {Path(out) / 'report.html'}")
     return 0
 
 
@@ -345,12 +365,23 @@ def cmd_report_label(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stage_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--from", dest="from_stage", metavar="STAGE",
+                   help="rerun this stage (a name, e.g. evaluate_simclr, or a kind: data, pretrain, align, "
+                        "evaluate, zeroshot, retrieval, report, predict) and every one after it")
+    p.add_argument("--dry-run", action="store_true", help="print the stages, which would run or be skipped, "
+                   "and their estimated time (from a few measured steps on this machine); run nothing")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command."""
     p = argparse.ArgumentParser(prog="medssl", description="Label-efficient medical imaging.",
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog="""examples:
   medssl demo --out runs/demo
       the whole pipeline on built-in synthetic chest radiographs -> runs/demo/report.html
+  medssl run configs/pneumoniamnist.yaml
+      a whole study from one config (methods x protocols x label fractions x seeds) -> one report.html
   medssl data info ../shared/data/pneumoniamnist_28.npz
       what a data source holds: images, patients, views, labels, sizes, formats, modalities
   medssl data index /data/dicom --skip-bad
@@ -366,39 +397,65 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"medssl {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    from medssl.pipeline import DemoSettings  # the defaults the help states are the ones the demo uses
+    from medssl.pipeline_config import RunConfig  # the defaults the help states are the ones the demo uses
 
-    d = DemoSettings()
-    fractions = ",".join(f"{f:g}" for f in d.fractions)
+    d = RunConfig()
+    fractions = ",".join(f"{f:g}" for f in d.evaluate.fractions)
     demo = sub.add_parser(
         "demo", help="run the pipeline on built-in synthetic data, write an HTML run report",
-        description="Synthesise chest radiographs, pretrain SimCLR and MICLe, evaluate a linear probe and LP-FT\n"
-                    "fine-tuning at label fractions against a scratch baseline, predict, and write report.html.",
+        description="`medssl run configs/demo.yaml`: synthesise chest radiographs with reports, pretrain SimCLR\n"
+                    "and MICLe, align ConVIRT, evaluate a linear probe and LP-FT fine-tuning at label fractions\n"
+                    "against a scratch baseline, zero-shot and retrieval, draft reports, predict; report.html.",
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=f"""examples:
   medssl demo
-      the default run ({d.patients} patients at {d.size} px, fractions {fractions}, {d.seeds} seeds) -> runs/demo
+      the default run ({d.data.patients} patients at {d.data.size} px, fractions {fractions}, {d.evaluate.seeds} seeds) -> runs/demo
   medssl demo --out runs/small --patients 40 --pretrain-steps 20 --finetune-steps 10 --seeds 1 --fractions 0.25,1
       a smaller, faster run to try the tool (with 40 patients 1 % and 10 % of the labels would be the same images)
   medssl demo --out runs/demo
-      again after a kill: finished stages are skipped, a pretraining resumes from its last checkpoint""")
+      again after a kill: finished stages are skipped, a pretraining resumes from its last checkpoint
+  medssl demo --dry-run
+      the stages and their estimated time, from a few measured steps on this machine""")
     demo.add_argument("--out", default="runs/demo", help="run folder; its finished stages are skipped "
                       "(default runs/demo)")
-    demo.add_argument("--patients", type=int, help=f"synthetic patients, 20 or more (default {d.patients})")
-    demo.add_argument("--size", type=int, help=f"image side in pixels (default {d.size})")
-    demo.add_argument("--width", type=int, help=f"the ResNet-18's first-stage channels (default {d.width}; the "
-                      "papers' 64 costs four times the compute)")
-    demo.add_argument("--seed", type=int, help=f"data and training seed (default {d.seed})")
-    demo.add_argument("--pretrain-steps", type=int, help=f"steps of SimCLR and of MICLe (default {d.pretrain_steps})")
+    demo.add_argument("--patients", type=int, help=f"synthetic patients, 20 or more (default {d.data.patients})")
+    demo.add_argument("--size", type=int, help=f"image side in pixels (default {d.data.size})")
+    demo.add_argument("--width", type=int, help=f"the ResNet-18's first-stage channels (default {d.model.width}; "
+                      "the papers' 64 costs four times the compute)")
+    demo.add_argument("--seed", type=int, help=f"data and training seed (default {d.data.seed})")
+    demo.add_argument("--pretrain-steps", type=int, help=f"steps of SimCLR and of MICLe "
+                      f"(default {d.pretrain.steps})")
     demo.add_argument("--align-steps", type=int, help=f"steps of ConVIRT, from the SimCLR encoder "
-                      f"(default {d.align_steps})")
+                      f"(default {d.align.steps})")
     demo.add_argument("--finetune-steps", type=int, help=f"steps of each fine-tuning run "
-                      f"(default {d.finetune_steps})")
-    demo.add_argument("--report-steps", type=int, help=f"steps of the report decoder (default {d.report_steps})")
-    demo.add_argument("--seeds", type=int, help=f"seeds of the label fractions (default {d.seeds})")
+                      f"(default {d.evaluate.finetune_steps})")
+    demo.add_argument("--report-steps", type=int, help=f"steps of the report decoder (default {d.report.steps})")
+    demo.add_argument("--seeds", type=int, help=f"seeds of the label fractions (default {d.evaluate.seeds})")
     demo.add_argument("--fractions", type=_floats, metavar="F,F,...", help=f"label fractions in (0, 1] "
                       f"(default {fractions})")
-    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    _stage_options(demo)
     demo.set_defaults(func=cmd_demo)
+
+    run = sub.add_parser(
+        "run", help="a whole study from one config: pretrain, align, evaluate, zero-shot, reports; one report.html",
+        description="Run a pipeline config (data, methods to pretrain and align, evaluation protocols, fractions,\n"
+                    "seeds, zero-shot classes, report methods) into one run folder with one report.html: the\n"
+                    "comparison table, label-efficiency curves, zero-shot, retrieval and report generation.\n"
+                    "Finished stages are skipped; a stage whose settings changed is refused until --from reruns it.",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog="""examples:
+  medssl run configs/demo.yaml
+      what `medssl demo` runs -> runs/demo/report.html
+  medssl run configs/pneumoniamnist.yaml --dry-run
+      the plan of the PneumoniaMNIST label-efficiency study and its estimated time on this machine
+  medssl run configs/pneumoniamnist.yaml --set evaluate.seeds=5 --from evaluate
+      the same study with five seeds: pretraining is kept, evaluation and everything after it rerun
+  medssl run my_study.yaml --set 'pretrain.methods=[simclr, byol]' --out runs/ablation
+      an ablation: the arms listed, each pretrained, evaluated and compared on one page""")
+    run.add_argument("config", help="pipeline config (YAML): see configs/demo.yaml, configs/pneumoniamnist.yaml")
+    run.add_argument("--out", help="run folder (default runs/<config name>)")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config value, e.g. evaluate.seeds=5 (repeatable)")
+    _stage_options(run)
+    run.set_defaults(func=cmd_run)
 
     pre = sub.add_parser(
         "pretrain", help="self-supervised pretraining: simclr, micle, moco, byol, mae",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 _STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222;line-height:1.4}
@@ -21,14 +21,21 @@ def image(path: str | os.PathLike, alt: str = "") -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 
-def table(rows: Sequence[Mapping[str, object]], columns: Sequence[str] | None = None) -> str:
-    """An HTML table from a list of dicts (columns: the first row's keys unless given)."""
+def table(rows: Sequence[Mapping[str, object]], columns: Sequence[str] | None = None,
+          strong: Collection[tuple[int, str]] = ()) -> str:
+    """An HTML table from a list of dicts (columns: the first row's keys unless given); cells (row index, column)
+    in `strong` are bold."""
     if not rows:
         return "<p class=note>(empty)</p>"
     cols = list(columns or rows[0].keys())
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in cols)
+
+    def cell(i: int, c: str, value: object) -> str:
+        text = html.escape(_fmt(value))
+        return f"<td><b>{text}</b></td>" if (i, c) in strong else f"<td>{text}</td>"
+
     body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(_fmt(r.get(c, '')))}</td>" for c in cols) + "</tr>" for r in rows
+        "<tr>" + "".join(cell(i, c, r.get(c, "")) for c in cols) + "</tr>" for i, r in enumerate(rows)
     )
     return f"<table><tr>{head}</tr>{body}</table>"
 

@@ -158,21 +158,23 @@ def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
 
 def test_every_demo_and_data_option_has_help():
     top = _subparsers(build_parser())
-    parsers = {"demo": top["demo"], **{f"data {k}": v for k, v in _subparsers(top["data"]).items()}}
-    assert set(parsers) == {"demo", "data synth", "data index", "data info", "data split"}
+    parsers = {"demo": top["demo"], "run": top["run"], **{f"data {k}": v for k, v in _subparsers(top["data"]).items()}}
+    assert set(parsers) == {"demo", "run", "data synth", "data index", "data info", "data split"}
     for name, parser in parsers.items():
         for action in parser._actions:
             assert action.help and action.help.strip(), f"{name} {action.option_strings or action.dest}: no help"
 
 
 def test_demo_help_states_the_defaults_the_demo_uses():
-    from medssl.pipeline import DemoSettings
+    from medssl.cli import DEMO_FLAGS
+    from medssl.pipeline_config import RunConfig, to_dict
 
-    d = DemoSettings()
+    d = to_dict(RunConfig())
     demo = _subparsers(build_parser())["demo"]
     helps = {a.dest: a.help for a in demo._actions}
     for name in ("patients", "size", "seed", "pretrain_steps", "finetune_steps", "seeds"):
-        assert f"default {getattr(d, name)})" in helps[name], (name, helps[name])
+        section, key = DEMO_FLAGS[name].split(".")
+        assert f"default {d[section][key]})" in helps[name], (name, helps[name])
 
 
 def test_top_level_and_demo_help_list_examples(cli, capsys):

@@ -225,8 +225,8 @@ def test_every_evaluate_option_has_help_and_the_parser_has_examples():
 
 
 def test_the_demo_report_shows_asked_and_actual_fractions(tmp_path):
-    from medssl.pipeline import DemoSettings
-    from medssl.pipeline_html import write_demo_report
+    from medssl.pipeline_config import load_run_config
+    from medssl.pipeline_html import write_run_report
 
     auc = {"roc_auc_macro": over_seeds([0.7, 0.8]), "balanced_accuracy": over_seeds([0.6, 0.7])}
     fractions = [{"asked": 0.01, "images": 22, "patients": 11, "actual": 0.0833, "train_images": 264,
@@ -234,9 +234,9 @@ def test_the_demo_report_shows_asked_and_actual_fractions(tmp_path):
     (tmp_path / "evaluate" / "simclr").mkdir(parents=True)
     (tmp_path / "evaluate" / "simclr" / "metrics.json").write_text(json.dumps(
         {"summary": {"linear": {"0.01": auc}, "scratch": {"0.01": auc}}, "runs": [], "label_fractions": fractions}))
-    settings = DemoSettings(patients=200, size=32, stem="small", pretrain_steps=10, pretrain_batch=64,
-                            finetune_steps=10, fractions=(0.01,), seeds=2)      # what run_demo passes
-    metrics = write_demo_report(tmp_path, settings, {"data": 1.0}, 1.0)
+    cfg = load_run_config(None, ["pretrain.steps=10", "evaluate.finetune_steps=10", "evaluate.fractions=[0.01]",
+                                 "evaluate.seeds=2"])
+    metrics = write_run_report(tmp_path, cfg, {"data": 1.0}, 1.0)
     html = (tmp_path / "report.html").read_text()
     assert "1% asked: 22 images of 11 patients (8.33%)" in html
     assert "<td>1%</td><td>22 img, 11 pat (8.33%)</td>" in html
