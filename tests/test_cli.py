@@ -181,7 +181,7 @@ def test_demo_writes_summary_plots_and_html(cli, tmp_path):
     methods = [r["method"] for r in metrics["report_generation"]]
     assert len(methods) == 4 and "most common training report" in methods, methods
     assert all(0 <= r["clinical"]["f1"] <= 1 for r in metrics["report_generation"])
-    assert "[demo]" in out and metrics["verdict"]["text"] in out
+    assert "[run]" in out and metrics["verdict"]["text"] in out
     # a second run into the same folder skips the stages it finished; other settings or a foreign non-empty
     # folder are refused
     code, out, err = cli("demo", "--out", run, *tiny)

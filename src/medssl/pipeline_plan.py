@@ -1,7 +1,7 @@
 """`medssl run --dry-run`: the stages a config would run or skip, and their estimated time on this machine.
 
-Nothing is written to the run folder. The estimate comes from measured rates, probed in a few seconds: each arm's
-own training step (its method, batch and image size, on random inputs: three steps after one warm-up), the
+Nothing is written to the run folder. The estimate comes from measured rates, probed in seconds: each arm's own
+training step (its method, batch and image size, on random inputs: the faster of two steps after a warm-up), the
 backbone's forward and forward+backward per image (evaluation, fine-tuning, feature caches), and reading the data
 (synthesising a few patients, or decoding the first images of the source). Counts come from the config and the
 source (images, studies, split sizes). Fixed start-up costs per stage and the report decoders' step cost relative
@@ -25,8 +25,11 @@ from medssl.pipeline_config import Arm, RunConfig
 # work per stage (imports, model building, plots, checkpoints, t-SNE), and a report decoder's training step in
 # units of one backbone forward+backward image (batch 32, cached maps: no encoder in the step).
 CALIBRATION = {"start": {"data": 1.0, "pretrain": 2.0, "align": 2.0, "evaluate": 6.0, "zeroshot": 1.0,
-                         "retrieval": 2.0, "report": 12.0, "predict": 1.0},
-               "decoder_step_images": {"lstm": 20.0, "transformer": 26.0}, "generate_study_images": 3.0}
+                         "retrieval": 2.0, "report": 20.0, "predict": 1.0},
+               # per label fraction x seed run: each protocol's fit, scoring and bootstrap CIs; the scratch run's
+               "run_protocol": 2.2, "run_scratch": 1.0,
+               "decoder_step_images": {"lstm": 4.5, "transformer": 6.0}, "generate_study_images": 3.0,
+               "report_method": 25.0}  # scoring a report method on val and test (pycocoevalcap, labeller, CIs)
 
 
 @dataclass
@@ -51,15 +54,15 @@ class Counts:
     described: str
 
 
-def _time(fn: Any, reps: int = 3) -> float:
-    """Median seconds of fn() after one warm-up call."""
+def _time(fn: Any, reps: int = 2) -> float:
+    """The fastest of `reps` calls of fn() after one warm-up call, in seconds (the least disturbed by other work)."""
     fn()
     times = []
     for _ in range(reps):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
+    return min(times)
 
 
 def _fake_batch(method: Any, batch: int, cfg: Any) -> dict[str, Any]:
@@ -198,6 +201,8 @@ def estimate(stage: Any, cfg: RunConfig, rates: Rates, n: Counts) -> tuple[float
         per_ft = e.finetune_steps * e.finetune_batch * rates.train_image + 2 * (n.images - n.train_images) \
             * rates.infer_image
         ft = runs * per_ft * (("finetune" in e.protocols) + stage.units["baseline"])
+        ft += runs * (len(e.protocols) * CALIBRATION["run_protocol"] + stage.units["baseline"]
+                      * CALIBRATION["run_scratch"])
         how = f"{runs} fraction x seed runs" + (f", fine-tuning {e.finetune_steps} steps each" if "finetune" in
                                                  e.protocols else "") + (" + scratch" if stage.units["baseline"] else "")
         return start + read_all + frozen + ft, how
@@ -208,7 +213,7 @@ def estimate(stage: Any, cfg: RunConfig, rates: Rates, n: Counts) -> tuple[float
     if stage.kind == "report":
         total, parts = start + read_all, []
         for m in cfg.report.methods:
-            total += n.images * rates.infer_image  # the encoder's feature cache / embeddings
+            total += n.images * rates.infer_image + CALIBRATION["report_method"]  # feature cache; scoring
             if m != "retrieval":
                 step = CALIBRATION["decoder_step_images"].get(m, 25.0) * rates.train_image * 32
                 total += cfg.report.steps * step
