@@ -281,14 +281,12 @@ class Pipeline:
     def retrieval(self, arm: Arm) -> None:
         """Retrieval scores (test queries against a train+val gallery, own patient left out) and a few examples:
         images found by words, and images and report sentences found by a test image of another patient."""
-        from medssl.data.records import read_manifest
         from medssl.data.sources import load_source
         from medssl.retrieve_run import patient_of, run_evaluate_retrieval, run_retrieve
 
         run, data = self.run_dir(arm), self.source
         run_evaluate_retrieval(run, data=data, skip_bad=self.cfg.data.skip_bad, progress=self.progress)
-        records = read_manifest(data) if data.endswith(".csv") else load_source(data, progress=False)[0]
-        test = [r for r in records if r.split == "test"]
+        test = [r for r in load_source(data, progress=False)[0] if r.split == "test"]
         examples: list[dict[str, Any]] = [
             {"query": {"text": q}, "images": run_retrieve(run, text=q, k=4, data=data, progress=False)["images"]}
             for q in self.cfg.zeroshot.queries]
@@ -347,7 +345,6 @@ class Pipeline:
 
     def predict(self) -> None:
         """The kept classifier of the first arm on a few test images: what `medssl predict` prints."""
-        from medssl.data.records import read_manifest
         from medssl.data.sources import load_source
         from medssl.inference import load_bundle, predict
         from medssl.pipeline_html import kept_bundle
@@ -355,9 +352,7 @@ class Pipeline:
         bundle_path = kept_bundle(self.out, self.cfg)
         if bundle_path is None:
             raise MedsslError(f"{self.out / 'evaluate'}: no kept classifier to predict with")
-        data = self.source
-        records = read_manifest(data) if data.endswith(".csv") else load_source(data, progress=False)[0]
-        test = [r for r in records if r.split == "test"][: self.cfg.predict_images]
+        test = [r for r in load_source(self.source, progress=False)[0] if r.split == "test"][: self.cfg.predict_images]
         bundle = load_bundle(bundle_path)
         rows = [{**r, "truth": sorted(rec.labels)} for r, rec in zip(predict(bundle, test), test)]
         (self.out / "predictions.json").write_text(json.dumps(rows, indent=2))
@@ -399,9 +394,8 @@ def run_pipeline(cfg: RunConfig, out: Path, start: str | None = None, progress: 
     """Run (or finish) the study in `out`; write metrics.json and report.html there; return the metrics."""
     out = Path(out)
     pipe = Pipeline(cfg, out, progress)
-    pipe.check()
+    pipe.check()                         # every stage's own config, before the folder is touched
     open_run(cfg, out)
-    pipe = Pipeline(cfg, out, progress)
     stages = pipe.stages()
     rerun = rerun_from(stages, start)
     refuse_changed(pipe.status(stages, rerun), out)

@@ -1,7 +1,7 @@
 """`medssl run --dry-run`: the stages a config would run or skip, and their estimated time on this machine.
 
 Nothing is written to the run folder. The estimate comes from measured rates, probed in seconds: each arm's own
-training step (its method, batch and image size, on random inputs: the faster of two steps after a warm-up), the
+training step (its method, batch and image size, on random inputs: the fastest of three steps after a warm-up), the
 backbone's forward and forward+backward per image (evaluation, fine-tuning, feature caches), and reading the data
 (synthesising a few patients, or decoding the first images of the source). Counts come from the config and the
 source (images, studies, split sizes). Fixed start-up costs per stage and the report decoders' step cost relative
@@ -25,11 +25,11 @@ from medssl.pipeline_config import Arm, RunConfig
 # work per stage (imports, model building, plots, checkpoints, t-SNE), and a report decoder's training step in
 # units of one backbone forward+backward image (batch 32, cached maps: no encoder in the step).
 CALIBRATION = {"start": {"data": 1.0, "pretrain": 2.0, "align": 2.0, "evaluate": 6.0, "zeroshot": 1.0,
-                         "retrieval": 2.0, "report": 20.0, "predict": 1.0},
+                         "retrieval": 2.0, "report": 5.0, "predict": 1.0},
                # per label fraction x seed run: each protocol's fit, scoring and bootstrap CIs; the scratch run's
-               "run_protocol": 2.2, "run_scratch": 1.0,
-               "decoder_step_images": {"lstm": 4.5, "transformer": 6.0}, "generate_study_images": 3.0,
-               "report_method": 25.0}  # scoring a report method on val and test (pycocoevalcap, labeller, CIs)
+               "run_protocol": 0.3, "run_scratch": 0.1,
+               "decoder_step_images": {"lstm": 3.3, "transformer": 4.2}, "generate_study_images": 3.0,
+               "report_method": 5.0}  # scoring a report method on val and test (pycocoevalcap, labeller, CIs)
 
 
 @dataclass
@@ -54,7 +54,7 @@ class Counts:
     described: str
 
 
-def _time(fn: Any, reps: int = 2) -> float:
+def _time(fn: Any, reps: int = 3) -> float:
     """The fastest of `reps` calls of fn() after one warm-up call, in seconds (the least disturbed by other work)."""
     fn()
     times = []
@@ -124,7 +124,7 @@ def _backbone_seconds(pcfg: Any, batch: int) -> tuple[float, float]:
         with torch.no_grad():
             net(x)
 
-    return _time(train) / batch, _time(infer) / batch
+    return _time(train, reps=5) / batch, _time(infer, reps=5) / batch  # small and quick: more reps, less noise
 
 
 def _counts(cfg: RunConfig, records: list[Any] | None, images_per_patient: float) -> Counts:
