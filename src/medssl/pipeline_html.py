@@ -434,6 +434,12 @@ def write_run_report(out: Path, cfg: RunConfig, stages: dict[str, float], second
     return metrics
 
 
+def _and(items: Sequence[str]) -> str:
+    """'a', 'a and b', 'a, b and c'."""
+    items = list(items)
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
 def what_ran(cfg: RunConfig, summary: dict[str, Any], fractions: str, stages: dict[str, float]) -> str:
     """The first paragraph: data, arms with their budgets, protocols, fractions, seeds, stage times."""
     d, m = cfg.data, cfg.model
@@ -446,16 +452,17 @@ def what_ran(cfg: RunConfig, summary: dict[str, Any], fractions: str, stages: di
                                                                          else ")")
     text = f"{data}. "
     if cfg.pretrain.methods:
-        text += (", ".join(arm_label(a.name, cfg) for a in cfg.pretrain.methods) + f" pretrained a {net} for "
+        text += (_and([arm_label(a.name, cfg) for a in cfg.pretrain.methods]) + f" pretrained a {net} for "
                  f"{cfg.pretrain.steps} steps of {cfg.pretrain.batch} images on the training patients only. ")
     if cfg.align.methods:
         start = f"the {arm_label(cfg.align.init, cfg)} network" if cfg.align.init else "random weights"
-        text += (", ".join(NAMES.get(a.method, a.name) if a.name == a.method else a.name for a in cfg.align.methods)
+        text += (_and([NAMES.get(a.method, a.name) if a.name == a.method else a.name for a in cfg.align.methods])
                  + f" aligned {start} with a small text encoder for {cfg.align.steps} steps of {cfg.align.batch} "
                  "image-report pairs. ")
     e = cfg.evaluate
-    text += (f"Then {', '.join(PROTOCOL_NAMES.get(p, p) for p in e.protocols)}"
-             + (f" (fine-tuning {e.finetune_steps} steps)" if "finetune" in e.protocols else "")
+    prose = {"linear": "a linear probe", "knn": "a kNN classifier",
+             "finetune": f"LP-FT fine-tuning ({e.finetune_steps} steps)"}
+    text += (f"Then {_and([prose.get(p, p) for p in e.protocols])}"
              + f" at each fraction of the training labels ({fractions}; every class keeps at least one patient, so a "
              f"small fraction holds more than asked), {e.seeds} seed{'s' if e.seeds != 1 else ''}"
              + (", against the same network trained from scratch on the same labels. " if e.baseline else ". ")
