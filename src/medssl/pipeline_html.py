@@ -377,7 +377,7 @@ def write_run_report(out: Path, cfg: RunConfig, stages: dict[str, float], second
     reference = dict(cfg.evaluate.reference)
     data_name = "the synthetic findings" if cfg.synthetic else cfg.data.name or Path(cfg.data.source).name
     le = label_efficiency_plot(curves, plots / "label_efficiency.png", reference=reference,
-                               title=f"Label efficiency on {data_name} (test macro ROC-AUC)") if curves else None
+                               title=f"Label efficiency on {data_name}") if curves else None
     asked = {f["asked"]: describe_fraction(f) for f in metrics["label_fractions"]}
     fractions = "; ".join(f"{percent(f)} asked: {asked[f]}" if f in asked else percent(f)
                           for f in cfg.evaluate.fractions)

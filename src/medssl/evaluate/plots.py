@@ -72,7 +72,8 @@ def label_efficiency_plot(curves: dict[str, dict[float, dict]], path: str | os.P
     if not fractions or min(fractions) <= 0:
         raise MedsslError(f"label_efficiency_plot needs positive label fractions, got {fractions}")
     name = METRIC_NAMES.get(metric, metric)
-    fig = Figure(figsize=(6.4, 4.4), layout="constrained")
+    crowded = len(curves) + len(reference or {}) > 6  # a legend that would cover the curves goes beside them
+    fig = Figure(figsize=(9.6 if crowded else 6.4, 4.4), layout="constrained")
     ax = fig.add_subplot()
     for i, (method, points) in enumerate(curves.items()):
         xs = sorted(points)
@@ -93,7 +94,10 @@ def label_efficiency_plot(curves: dict[str, dict[float, dict]], path: str | os.P
     ax.set_ylabel(f"{name} (one seed)" if one_seed else f"{name} (mean ± std over seeds)")
     ax.set_title(title or f"Label efficiency: {name}")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
+    if crowded:
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+    else:
+        ax.legend(fontsize="small")
     return _save(fig, path)
 
 
