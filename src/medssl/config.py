@@ -27,9 +27,10 @@ PAIR_BY = ("patient", "study")
 # where and how fast it runs, what it logs, and the two remedies the NaN guard suggests (optim.lr, optim.grad_clip).
 # Everything else shapes the model, the method or what the optimiser state means, and needs a new run.
 RESUME_SAFE = ("data.source", "data.split", "data.skip_bad", "data.batch_size", "data.num_workers",
-               "data.prefetch_factor", "data.cache", "train.steps", "train.epochs", "train.log_every", "train.checkpoint_every",
-               "train.collapse_threshold", "train.threads", "train.accelerator", "train.devices", "train.num_nodes",
-               "train.strategy", "train.precision", "train.channels_last", "optim.lr", "optim.grad_clip")
+               "data.prefetch_factor", "data.cache", "train.steps", "train.epochs", "train.log_every",
+               "train.checkpoint_every", "train.collapse_threshold", "train.threads", "train.accelerator",
+               "train.devices", "train.num_nodes", "train.strategy", "train.precision", "train.channels_last",
+               "train.compile", "optim.lr", "optim.grad_clip")
 
 
 @dataclass

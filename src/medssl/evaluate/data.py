@@ -89,7 +89,7 @@ def decode_split(records: Sequence[Record], preprocess: Preprocess, skip_bad: bo
 
     if source and records and enabled():
         found = cached_images(records, preprocess.size, source, skip_bad=skip_bad, progress=progress)
-        return found.records, found.images[found.rows].clone(), found.bad
+        return found.records, found.images[found.rows], found.bad  # indexing copies the rows out of the map
     good, images, bad = [], [], []
     for r in tqdm(records, desc=f"decoding {name} images", unit="img", disable=not progress, file=sys.stderr,
                   leave=False, dynamic_ncols=True):
