@@ -5,6 +5,9 @@ every process a test starts inherits (CLI subprocesses, spawned DDP ranks, loade
 test processes on the 2-core machine (pytest-xdist), so both cores work without any thread waiting on another;
 with two threads per process on a loaded machine, torch's spinning OpenMP threads made single tests 10x slower.
 MEDSSL_TEST_THREADS overrides the count.
+
+Decoded-image caches (medssl.data.cache) go to one temporary folder per test process ($MEDSSL_CACHE, removed at
+exit), never beside the data: a test never writes into ../shared/data. Tests of the default place unset it.
 """
 
 from __future__ import annotations
@@ -14,6 +17,14 @@ import os
 THREADS = os.environ.get("MEDSSL_TEST_THREADS", "1")
 os.environ["OMP_NUM_THREADS"] = THREADS
 os.environ["MKL_NUM_THREADS"] = THREADS
+
+import atexit  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
+if "MEDSSL_CACHE" not in os.environ:
+    os.environ["MEDSSL_CACHE"] = tempfile.mkdtemp(prefix="medssl-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["MEDSSL_CACHE"], True)
 
 from pathlib import Path  # noqa: E402  (the thread settings above come before torch is imported)
 

@@ -91,3 +91,21 @@ def test_refusals(tmp_path):
         resume_config(busy)
     with pytest.raises(MedsslError, match="no such run folder"):
         run_pretrain(tiny("simclr"), tmp_path / "nowhere", resume=True, progress=False)
+
+
+def test_compile_falls_back_to_eager_in_one_line_when_torch_compile_fails(tmp_path, capsys, monkeypatch):
+    # a real compile takes tens of seconds (bench/data_scale.py measures it); here the compiler fails at the first
+    # step, as it does without a C++ toolchain, and the run trains eager from that same step on
+    import torch
+
+    def broken_compile(self, *args, **kwargs):
+        def fail(*a, **k):
+            raise RuntimeError("inductor: no working C++ compiler found\nlong details")
+        self._compiled_call_impl = fail
+
+    monkeypatch.setattr(torch.nn.Module, "compile", broken_compile)
+    metrics = run_pretrain(tiny("simclr", "train.steps=2", "train.compile=true"), tmp_path / "run", progress=False)
+    out = capsys.readouterr().out
+    assert out.count("train.compile: torch.compile failed (RuntimeError: inductor: no working C++ compiler "
+                     "found); training eager") == 1
+    assert metrics["steps"] == 2 and np.isfinite(metrics["final_loss"])

@@ -94,6 +94,38 @@ def cmd_data_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_cache(args: argparse.Namespace) -> int:
+    """Build a source's decoded-image cache ahead of time, or remove caches."""
+    from medssl.data import cache
+
+    if args.clear:
+        root = cache.cache_root(args.source, args.cache) if args.source else Path(args.cache or cache.user_root())
+        gone = cache.clear(root)
+        print(f"removed {len(gone)} cache folder(s) under {root}" + "".join(f"\n  {g.name}" for g in gone))
+        return 0
+    if args.source is None or args.size is None:
+        raise MedsslError("data cache: give a SOURCE and --size N (or --clear)")
+    if args.size < 8:
+        raise MedsslError(f"data cache: --size {args.size} must be at least 8 pixels")
+    from medssl.data.sources import load_source
+
+    records, bad = load_source(args.source, skip_bad=args.skip_bad, progress=not args.quiet)
+    if not records:
+        raise MedsslError(f"{args.source}: holds no images")
+    import time
+
+    t0 = time.perf_counter()
+    found = cache.cached_images(records, args.size, args.source, skip_bad=args.skip_bad, progress=not args.quiet,
+                                cache=args.cache, workers=args.workers)
+    seconds = time.perf_counter() - t0
+    d = cache.describe(found.folder)
+    rate = f", {found.decoded / seconds:.0f} images/s" if found.decoded and seconds > 0 else ""
+    print(f"{found.folder}: {len(found.records)} images at {args.size} px, {d['bytes'] / 1e6:.1f} MB; "
+          f"{found.decoded} decoded now in {seconds:.1f} s{rate}, {len(records) - found.decoded} from the cache")
+    _print_bad(bad + found.bad)
+    return 0
+
+
 def cmd_data_split(args: argparse.Namespace) -> int:
     """Assign patient-level train/val/test splits (and label-fraction columns) and write a manifest."""
     from medssl.data.records import write_manifest
@@ -704,9 +736,29 @@ examples:
     split.add_argument("--keep-existing", action="store_true", help="keep splits the source already has (MedMNIST)")
     split.set_defaults(func=cmd_data_split)
 
-    for sp in (synth, index, info, split):
+    cache = data.add_parser(
+        "cache", help="decode a source once into its image cache (what every later run reads), or clear caches",
+        description="Decode every image of a source at one size into its decoded-image cache, on every core,\n"
+                    "so that pretraining, evaluation and the other commands start without decoding. A later\n"
+                    "run decodes again only files that changed. The cache lives beside the data when that folder\n"
+                    "is writable, else under $MEDSSL_CACHE or ~/.cache/medssl (--cache names another place).",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog="""examples:
+  medssl data cache /data/cxr --size 224
+      every image of the folder (its manifest.csv, else indexed) decoded at 224 px, in parallel
+  medssl data cache ../shared/data/pneumoniamnist_28.npz --size 28 --cache /scratch/medssl-cache
+      somewhere else than beside the data (a read-only or slow share)
+  medssl data cache --clear
+      remove every cache under $MEDSSL_CACHE or ~/.cache/medssl (with SOURCE: the ones beside it)""")
+    cache.add_argument("source", nargs="?", help="manifest .csv, folder or .npz")
+    cache.add_argument("--size", type=int, help="image side in pixels, as the runs will use it (data.size)")
+    cache.add_argument("--cache", help="cache root (default: beside the data, $MEDSSL_CACHE, ~/.cache/medssl)")
+    cache.add_argument("--workers", type=int, help="decoding processes (default: every core)")
+    cache.add_argument("--clear", action="store_true", help="remove the caches instead of building one")
+    cache.set_defaults(func=cmd_data_cache)
+
+    for sp in (synth, index, info, split, cache):
         sp.add_argument("--quiet", action="store_true", help="no progress bars")
-    for sp in (index, info, split):
+    for sp in (index, info, split, cache):
         sp.add_argument("--skip-bad", action="store_true", help="go on past unreadable images and list them")
     return p
 

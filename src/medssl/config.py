@@ -27,9 +27,10 @@ PAIR_BY = ("patient", "study")
 # where and how fast it runs, what it logs, and the two remedies the NaN guard suggests (optim.lr, optim.grad_clip).
 # Everything else shapes the model, the method or what the optimiser state means, and needs a new run.
 RESUME_SAFE = ("data.source", "data.split", "data.skip_bad", "data.batch_size", "data.num_workers",
-               "data.prefetch_factor", "train.steps", "train.epochs", "train.log_every", "train.checkpoint_every",
-               "train.collapse_threshold", "train.threads", "train.accelerator", "train.devices", "train.num_nodes",
-               "train.strategy", "train.precision", "train.channels_last", "optim.lr", "optim.grad_clip")
+               "data.prefetch_factor", "data.cache", "train.steps", "train.epochs", "train.log_every",
+               "train.checkpoint_every", "train.collapse_threshold", "train.threads", "train.accelerator",
+               "train.devices", "train.num_nodes", "train.strategy", "train.precision", "train.channels_last",
+               "train.compile", "optim.lr", "optim.grad_clip")
 
 
 @dataclass
@@ -49,6 +50,8 @@ class DataConfig:
     num_workers: int = 1  # processes making augmented batches; 0 = in the training process
     prefetch_factor: int = 2  # batches each worker keeps ready
     skip_bad: bool = False  # go on past unreadable images (listed at the start and in metrics.json)
+    cache: str | None = None  # decoded-image cache root; None: beside the data, $MEDSSL_CACHE or ~/.cache/medssl;
+    #                           "off": decode into memory every run (medssl.data.cache)
     # image-text methods (medssl align) only:
     report_sentences: int = 1  # ConVIRT's text view: 1..N consecutive sentences of the report; 0 = the whole report
     text_column: str | None = None  # the records' text from this manifest column / .npz field; None = report

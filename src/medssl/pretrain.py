@@ -36,6 +36,7 @@ from medssl.checkpoint import last_checkpoint, load_checkpoint
 from medssl.config import (PretrainConfig, changes, check_resume_changes, flat, from_dict, load_config,
                            parse_override, read_yaml, save_config, show, to_dict)
 from medssl.data.augment import preset
+from medssl.data.cache import enabled as cache_enabled
 from medssl.data.datasets import (BatchDataset, EpochLoader, ImageDataset, MultiInstanceDataset, StudyReports,
                                   finding_names, study_groups)
 from medssl.data.preprocess import Preprocess
@@ -165,12 +166,32 @@ def training_records(cfg: PretrainConfig, run_dir: Path, progress: bool = False,
     _check_batch(cfg, records, source)
     if cfg.data.skip_bad:
         n = len(records)
-        records, more = check_images(records, skip_bad=True, progress=progress)
+        if not cache_enabled(cfg.data.cache):
+            records, more = check_images(records, skip_bad=True, progress=progress)
+        else:  # decoding them into the cache is the check: the loader then reads them from there
+            from medssl.data.cache import cached_images
+
+            found = cached_images(records, cfg.data.size, source, skip_bad=True, progress=progress,
+                                  cache=cfg.data.cache)
+            records, more = found.records, found.bad
         bad = bad + more
         if not records:
             raise MedsslError(f"{source}: none of its {n} training image(s) could be read (first: {more[0][1]})")
         _check_batch(cfg, records, source)
     return records, bad
+
+
+def warm_cache(cfg: PretrainConfig, records: list[Record], source: Path, progress: bool, fabric: Any) -> None:
+    """The decoded-image cache of the training records, built before any loader opens it: under DDP each node's
+    local rank 0 builds (or checks) it and the node's other processes wait at a barrier, so that on shared storage
+    no two processes decode the same images (the cache's own lock also serialises builders)."""
+    from medssl.data.cache import cached_images
+
+    if fabric is None or fabric.local_rank == 0:
+        cached_images(records, cfg.data.size, source, skip_bad=cfg.data.skip_bad, progress=progress,
+                      cache=cfg.data.cache)
+    if fabric is not None:
+        fabric.barrier()
 
 
 def _check_synthetic(cfg: PretrainConfig) -> None:
@@ -273,12 +294,13 @@ def model_spec_of(cfg: PretrainConfig, text: TextSide | None) -> ModelSpec:
 
 
 def make_loader(cfg: PretrainConfig, records: list[Record], progress: bool, rank: int, world_size: int,
-                text: TextSide | None = None) -> EpochLoader:
+                text: TextSide | None = None, source: Path | None = None) -> EpochLoader:
     """This rank's batches, as the method declared them: decoded images, partners when it pairs a patient's
     images, studies with their reports (text) when it reads reports, whole augmented batches made in worker
     processes."""
     d, spec = cfg.data, method(cfg.method).batch
-    images = ImageDataset(records, preprocess_of(cfg), progress=progress and rank == 0)
+    images = ImageDataset(records, preprocess_of(cfg), progress=progress and rank == 0, source=source,
+                          cache=d.cache)
     pairs = MultiInstanceDataset(images, d.pair_by, cfg.train.seed) if spec.partner else None
     reports = None
     if spec.report:
@@ -439,7 +461,10 @@ def run_pretrain(config: PretrainConfig, run_dir: str | os.PathLike, *, resume: 
     torch.manual_seed(config.train.seed)  # every process builds the same initial weights
     model = build_model(model_spec_of(config, text))
     t0 = time.perf_counter()
-    loader = functools.partial(make_loader, config, records, progress, text=text)
+    source = data_source(config, run_dir)
+    if cache_enabled(config.data.cache):
+        warm_cache(config, records, source, progress and rank0, fabric if multi else None)
+    loader = functools.partial(make_loader, config, records, progress, text=text, source=source)
     spec = run_spec(config, str(config.data.source or "built-in synthetic chest radiographs"), text)
     result = fit(model, loader, spec, run_dir, resume=resume, init=init, progress=progress, fabric=fabric)
     metrics = {"method": config.method, "backbone": config.model.backbone, "images": len(records),

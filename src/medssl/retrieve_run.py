@@ -223,7 +223,8 @@ def gallery(aligned: ImageTextRun, run: str | Path, plan: EvalData, splits: Sequ
         found = _load_gallery(folder, want, threads)
         if found is not None:
             return found
-    kept, images, bad = decode_split(records, aligned.preprocess, skip_bad, progress, "+".join(splits))
+    kept, images, bad = decode_split(records, aligned.preprocess, skip_bad, progress, "+".join(splits),
+                                     plan.source)
     if not kept:
         raise MedsslError(f"{plan.source}: none of the {'+'.join(splits)} images could be read")
     for path, why in bad:
@@ -352,7 +353,7 @@ def run_evaluate_retrieval(run: str | Path, ks: Sequence[int] = (1, 5, 10), data
         g = gallery(aligned, run, plan, EVAL_GALLERY, out / source_key(data) / "evaluate", rebuild, n, skip_bad,
                     progress)
         kept, images, bad = decode_split(plan.splits[EVAL_QUERIES], aligned.preprocess, skip_bad, progress,
-                                         EVAL_QUERIES)
+                                         EVAL_QUERIES, plan.source)
         if not kept:
             raise MedsslError(f"{plan.source}: none of the test split's images could be read")
         q_img = encode_image_tensor(aligned, images, progress)

@@ -39,6 +39,7 @@ class TrainConfig:
     channels_last: bool = False  # memory format of the model and 4D batch tensors
     threads: int | None = None  # torch intra-op threads; None = torch's default
     sync_bn: bool = False  # under DDP: BatchNorm statistics over every process's batch (SyncBatchNorm)
+    compile: bool = False  # the method's forward and backward through torch.compile (eager again, said, if it fails)
 
     def validate(self) -> "TrainConfig":
         """Raise MedsslError naming the first bad value; return self."""

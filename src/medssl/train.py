@@ -224,6 +224,9 @@ class _Run:
             convert_sync_batchnorm(self.raw, self.fabric.device)
         if self.train.channels_last:
             self.raw.to(memory_format=torch.channels_last)
+        self.compile_pending = self.train.compile
+        if self.train.compile:
+            self.raw.compile()  # in place: the module's call is compiled, its state-dict keys stay as they are
         self.model, self.optimizer = self.fabric.setup(self.raw, self.optimizer)
         path = last_checkpoint(self.run_dir)
         if resume and path.is_file():
@@ -292,10 +295,23 @@ class _Run:
     def _train_step(self, batch: dict[str, Tensor], bar: tqdm) -> None:
         """Forward, NaN guard, backward, clip, step, schedule, on_step; then log and checkpoint as due."""
         batch = self._prepare(batch)
-        out = self.model(batch)
-        loss = self._global_loss(out["loss"])
         lr = self.optimizer.param_groups[0]["lr"]
-        self.fabric.backward(out["loss"])
+        if self.compile_pending:  # the first compiled step compiles; where torch.compile cannot, train eager
+            try:
+                out, loss = self._forward_backward(batch)
+            except MedsslError:
+                raise
+            except Exception as e:  # noqa: BLE001 (any compiler failure; a real error recurs eagerly below)
+                first = (str(e).strip().splitlines() or [""])[0][:160]
+                self.fabric.print(f"train.compile: torch.compile failed ({type(e).__name__}: {first}); "
+                                  "training eager")
+                self.raw._compiled_call_impl = None  # what nn.Module.compile() set: back to the eager call
+                torch._dynamo.reset()
+                self.optimizer.zero_grad(set_to_none=True)
+                out, loss = self._forward_backward(batch)
+            self.compile_pending = False
+        else:
+            out, loss = self._forward_backward(batch)
         if self.spec.optim.grad_clip:
             self.fabric.clip_gradients(self.model, self.optimizer, max_norm=self.spec.optim.grad_clip)
         self.optimizer.step()
@@ -317,6 +333,13 @@ class _Run:
             self._log(out, loss, lr, bar)
         if self.step % self.train.checkpoint_every == 0 or self.step == self.total or self._stopped():
             self._checkpoint()
+
+    def _forward_backward(self, batch: dict[str, Tensor]) -> tuple[dict[str, Tensor], float]:
+        """The method's outputs and the global loss (NaN guard) after its backward."""
+        out = self.model(batch)
+        loss = self._global_loss(out["loss"])
+        self.fabric.backward(out["loss"])
+        return out, loss
 
     def _stopped(self) -> bool:
         return self.early is not None and self.early.stopped

@@ -82,7 +82,8 @@ def run_zeroshot(run: str | Path, data: str | None = None, out: Path | None = No
     out = Path(out) if out is not None else Path(run) / "zeroshot"
     aligned, plan = load_run_source(run, data, out, n_boot=n_boot, skip_bad=skip_bad, progress=progress)
     # only the test split is decoded: nothing is trained
-    kept, images, bad = decode_split(plan.splits["test"], aligned.preprocess, skip_bad, progress, "test")
+    kept, images, bad = decode_split(plan.splits["test"], aligned.preprocess, skip_bad, progress, "test",
+                                     plan.source)
     if not kept:
         raise MedsslError(f"{plan.source}: none of the test split's images could be read")
     task, y = _subset_task(plan.task, targets(kept, plan.task), classes)

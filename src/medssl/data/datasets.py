@@ -18,10 +18,13 @@ drawn from (seed, epoch, k, rank) like the augmentation, so image-report batches
 
 from __future__ import annotations
 
+import os
 import sys
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,21 +47,48 @@ def _derive_seed(*parts: int) -> int:
 
 
 class ImageDataset(Dataset):
-    """Every record decoded once by the model's Preprocess and kept in memory as uint8 (N, 1, size, size).
+    """Every record decoded once by the model's Preprocess, as uint8 (N, 1, size, size).
 
-    uint8 is 4x smaller than float32 and its 1/255 steps are below the augmentation noise; holding everything in
-    memory keeps CPU training from waiting on image decoding.
+    With `source`, the images come from the decoded-image cache of (source, size) (medssl.data.cache), memory-mapped:
+    a later run on the same source decodes nothing, and loader workers and DDP ranks share its pages; cache: the
+    cache root (None: the default place, "off": decode into memory every time). Without a source (or with
+    cache "off") they are decoded into memory. uint8 is 4x smaller than float32 and its 1/255 steps are below the
+    augmentation noise; `rows[i]` is the row of `images` that holds record i.
     """
 
-    def __init__(self, records: Sequence[Record], preprocess: Preprocess, progress: bool = False):
+    def __init__(self, records: Sequence[Record], preprocess: Preprocess, progress: bool = False,
+                 source: str | os.PathLike | None = None, cache: str | None = None):
         if not records:
             raise MedsslError("no images to train on: the data source gave no records")
         self.records = list(records)
         self.size = preprocess.size
+        from medssl.data.cache import cached_images, enabled
+
+        if source is not None and enabled(cache):
+            found = cached_images(self.records, self.size, source, progress=progress, cache=cache)
+            self.images, self.rows = found.images, found.rows
+            self.mapped: Path | None = found.folder / "images.u8"
+            return
+        self.mapped = None
         self.images = torch.empty(len(records), 1, self.size, self.size, dtype=torch.uint8)
+        self.rows = torch.arange(len(records))
         for i, rec in enumerate(tqdm(self.records, desc="decoding images", unit="img", disable=not progress,
                                      file=sys.stderr, dynamic_ncols=True)):
             self.images[i] = preprocess.decode(rec)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """A memory-mapped cache travels to a spawned worker as its file name, not as a copy of its pixels."""
+        state = dict(self.__dict__)
+        if self.mapped is not None:
+            state["images"] = len(self.images)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if state.get("mapped") is not None:
+            from medssl.data.cache import open_images
+
+            state["images"] = open_images(state["mapped"], state["images"], state["size"])
+        self.__dict__.update(state)
 
     @classmethod
     def from_array(cls, images: np.ndarray | Tensor, records: Sequence[Record] | None = None) -> "ImageDataset":
@@ -74,6 +104,8 @@ class ImageDataset(Dataset):
             raise MedsslError(f"{len(self.records)} records for {len(x)} images")
         self.size = int(x.shape[-1])
         self.images = x[:, None].clamp(0, 1).mul_(255).round_().to(torch.uint8)
+        self.rows = torch.arange(len(x))
+        self.mapped = None
         return self
 
     def __len__(self) -> int:
@@ -81,11 +113,11 @@ class ImageDataset(Dataset):
 
     def __getitem__(self, i: int) -> Tensor:
         """(1, size, size) float32 in [0, 1]."""
-        return self.images[i].float().div_(255)
+        return self.images[self.rows[i]].float().div_(255)
 
     def batch(self, idx: np.ndarray | Tensor) -> Tensor:
-        """(B, 1, size, size) float32 in [0, 1] for the given indices."""
-        return self.images[torch.as_tensor(idx, dtype=torch.long)].float().div_(255)
+        """(B, 1, size, size) float32 in [0, 1] for the given indices (only these rows are read)."""
+        return self.images[self.rows[torch.as_tensor(idx, dtype=torch.long)]].float().div_(255)
 
 
 class MultiInstanceDataset(Dataset):

@@ -81,9 +81,15 @@ def plan_source(opts: EvalOptions, source: str | Path) -> EvalData:
 
 
 def decode_split(records: Sequence[Record], preprocess: Preprocess, skip_bad: bool, progress: bool,
-                 name: str) -> tuple[list[Record], torch.Tensor, list[tuple[str, str]]]:
+                 name: str, source: str | Path | None = None) -> tuple[list[Record], torch.Tensor, list[tuple[str, str]]]:
     """Decode each record once: (readable records, their images (N, 1, S, S) uint8, (path, why) of the others).
-    Without skip_bad the first unreadable image ends the run, named."""
+    Without skip_bad the first unreadable image ends the run, named. With the records' source, they come from
+    (and go into) its decoded-image cache (medssl.data.cache); the split's rows are then copied into memory."""
+    from medssl.data.cache import cached_images, enabled
+
+    if source and records and enabled():
+        found = cached_images(records, preprocess.size, source, skip_bad=skip_bad, progress=progress)
+        return found.records, found.images[found.rows], found.bad  # indexing copies the rows out of the map
     good, images, bad = [], [], []
     for r in tqdm(records, desc=f"decoding {name} images", unit="img", disable=not progress, file=sys.stderr,
                   leave=False, dynamic_ncols=True):
@@ -104,7 +110,7 @@ def decode_data(opts: EvalOptions, plan: EvalData, preprocess: Preprocess) -> Ev
     kept, images, bad = {}, {}, []
     for name in ("train", "val", "test"):
         kept[name], images[name], more = decode_split(plan.splits[name], preprocess, opts.skip_bad, opts.progress,
-                                                      name)
+                                                      name, plan.source)
         bad += more
     if bad:
         records = [r for name in ("train", "val", "test") for r in kept[name]]
