@@ -159,7 +159,7 @@ def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
 def test_every_demo_and_data_option_has_help():
     top = _subparsers(build_parser())
     parsers = {"demo": top["demo"], "run": top["run"], **{f"data {k}": v for k, v in _subparsers(top["data"]).items()}}
-    assert set(parsers) == {"demo", "run", "data synth", "data index", "data info", "data split"}
+    assert set(parsers) == {"demo", "run", "data synth", "data index", "data info", "data split", "data cache"}
     for name, parser in parsers.items():
         for action in parser._actions:
             assert action.help and action.help.strip(), f"{name} {action.option_strings or action.dest}: no help"
