@@ -94,6 +94,9 @@ class PretrainConfig:
 
 def from_dict(data: dict[str, Any]) -> PretrainConfig:
     """A validated PretrainConfig from a plain mapping (as read from YAML); model.options asks the method."""
+    d = data.get("data")
+    if isinstance(d, dict) and d.get("cache") is False:  # YAML 1.1 reads `cache: off` as false
+        data = {**data, "data": {**d, "cache": "off"}}
     cfg = from_mapping(PretrainConfig, data, "")
     check_choice("method", cfg.method, tuple(METHODS))  # a config error naming the key, as every other value's
     options_type = method(cfg.method).Options

@@ -192,3 +192,10 @@ def test_a_second_pretrain_on_the_same_source_decodes_nothing(cli, tmp_path):
     code, out, err = cli(*args, "--out", tmp_path / "r2")
     assert code == 0, err
     assert json.loads((folder / "manifest.json").read_text())["written"] == written   # nothing was decoded again
+
+
+def test_cache_off_in_a_config_means_off(tmp_path):
+    from medssl.config import load_config
+
+    assert load_config(None, ["data.cache=off"]).data.cache == "off"       # YAML reads a bare off as false
+    assert load_config(None, [f"data.cache={tmp_path}"]).data.cache == str(tmp_path)
