@@ -33,6 +33,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -273,8 +274,12 @@ def _build(folder: Path, records: Sequence[Record], size: int, index: Index, pro
             with ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context("spawn"),
                                      initializer=_init_worker) as pool:
                 futures = [pool.submit(_decode_rows, str(images), size, len(keys), c) for c in chunks]
-                for f in as_completed(futures):
-                    finished(f.result())
+                try:
+                    for f in as_completed(futures):
+                        finished(f.result())
+                except BrokenProcessPool:
+                    raise MedsslError(f"{folder}: a decoding process died (out of memory, or killed); the rows "
+                                      "written so far are kept: run again to go on") from None
     finally:
         bar.close()
     cur.save(folder / "index.npz", size)
