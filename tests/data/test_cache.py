@@ -199,3 +199,18 @@ def test_cache_off_in_a_config_means_off(tmp_path):
 
     assert load_config(None, ["data.cache=off"]).data.cache == "off"       # YAML reads a bare off as false
     assert load_config(None, [f"data.cache={tmp_path}"]).data.cache == str(tmp_path)
+
+
+def test_report_studies_read_the_same_images_through_the_cache(tmp_path, monkeypatch):
+    from medssl.report.studies import load_studies
+    from medssl.synthetic.builtin import builtin_source
+
+    monkeypatch.setenv(C.ENV, str(tmp_path / "c"))
+    manifest = builtin_source(tmp_path / "syn", size=16, patients=20, seed=0, progress=False)
+    cached = load_studies(manifest, Preprocess(16), views=2, progress=False)
+    assert (next((tmp_path / "c").glob("manifest-16px-*")) / "manifest.json").is_file()   # through the cache
+    monkeypatch.setenv(C.ENV, "off")
+    plain = load_studies(manifest, Preprocess(16), views=2, progress=False)
+    assert torch.equal(cached.images, plain.images)
+    assert [st.images for s in cached.studies for st in cached.studies[s]] == \
+        [st.images for s in plain.studies for st in plain.studies[s]]

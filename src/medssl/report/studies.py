@@ -122,32 +122,48 @@ def load_studies(source: str | Path, preprocess: Preprocess, views: int, skip_ba
         notes.append(f"{no_report} image(s) without a usable report were left out")
     if extra:
         notes.append(f"{extra} image(s) beyond a study's {views} view slot(s) were left out")
-    rows: list[torch.Tensor] = []
     skipped: list[tuple[str, str]] = list(bad)
     todo = [(st, i) for s in SPLITS for st in by[s] for i in range(views)]
-    for st, i in tqdm(todo, desc="decoding study images", unit="img", disable=not progress, file=sys.stderr,
-                      leave=False, dynamic_ncols=True):
+    wanted = [st.views[i] for st, i in todo if st.views[i] is not None]
+    images, where, more = _decode(wanted, preprocess, source, skip_bad, progress)
+    skipped += more
+    for st, i in todo:
         r = st.views[i]
-        if r is None:
-            st.images.append(-1)
-            continue
-        try:
-            rows.append(preprocess.decode(r))
-        except MedsslError as e:
-            if not skip_bad:
-                raise MedsslError(f"{e} (data.skip_bad goes on past unreadable images)") from None
-            skipped.append((r.path, str(e)))
-            st.images.append(-1)
-            continue
-        st.images.append(len(rows) - 1)
+        st.images.append(-1 if r is None else where.get(r.key, -1))
     for s in SPLITS:
         by[s] = [st for st in by[s] if any(i >= 0 for i in st.images)]
         if not by[s]:
             raise MedsslError(f"{source}: none of the {s} split's images could be read")
     names = tuple(sorted({x for st in by["train"] for x in st.labels}))
-    size = preprocess.size
-    images = torch.stack(rows) if rows else torch.empty(0, 1, size, size, dtype=torch.uint8)
     return StudySet(by, images, names, notes, skipped)
+
+
+def _decode(records: list[Record], preprocess: Preprocess, source: str | Path, skip_bad: bool, progress: bool
+            ) -> tuple[torch.Tensor, dict[tuple[str, int | None], int], list[tuple[str, str]]]:
+    """The records' images (N, 1, S, S) uint8, each readable record's row in them, and (path, why) of the others:
+    from the source's decoded-image cache (medssl.data.cache, rows copied out), or decoded here when it is off."""
+    from medssl.data.cache import cached_images, enabled
+
+    size = preprocess.size
+    if records and enabled():
+        try:
+            found = cached_images(records, size, source, skip_bad=skip_bad, progress=progress)
+        except MedsslError as e:
+            raise MedsslError(str(e).replace("--skip-bad", "data.skip_bad")) from None
+        return (found.images[found.rows], {r.key: i for i, r in enumerate(found.records)}, found.bad)
+    rows: list[torch.Tensor] = []
+    where, bad = {}, []
+    for r in tqdm(records, desc="decoding study images", unit="img", disable=not progress, file=sys.stderr,
+                  leave=False, dynamic_ncols=True):
+        try:
+            rows.append(preprocess.decode(r))
+        except MedsslError as e:
+            if not skip_bad:
+                raise MedsslError(f"{e} (data.skip_bad goes on past unreadable images)") from None
+            bad.append((r.path, str(e)))
+            continue
+        where[r.key] = len(rows) - 1
+    return (torch.stack(rows) if rows else torch.empty(0, 1, size, size, dtype=torch.uint8)), where, bad
 
 
 def study_views(study: Study, images: torch.Tensor, views: int) -> tuple[torch.Tensor, torch.Tensor]:
