@@ -10,12 +10,10 @@ without a usable report are left out and counted (medssl.text.reports.filter_rep
 from __future__ import annotations
 
 import hashlib
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from medssl.data.preprocess import Preprocess
 from medssl.data.records import Record
@@ -140,30 +138,15 @@ def load_studies(source: str | Path, preprocess: Preprocess, views: int, skip_ba
 
 def _decode(records: list[Record], preprocess: Preprocess, source: str | Path, skip_bad: bool, progress: bool
             ) -> tuple[torch.Tensor, dict[tuple[str, int | None], int], list[tuple[str, str]]]:
-    """The records' images (N, 1, S, S) uint8, each readable record's row in them, and (path, why) of the others:
-    from the source's decoded-image cache (medssl.data.cache, rows copied out), or decoded here when it is off."""
-    from medssl.data.cache import cached_images, enabled
+    """The records' images (N, 1, S, S) uint8, each readable record's row in them, and (path, why) of the others
+    (evaluate.data.decode_split: through the source's decoded-image cache unless it is off)."""
+    from medssl.evaluate.data import decode_split
 
-    size = preprocess.size
-    if records and enabled():
-        try:
-            found = cached_images(records, size, source, skip_bad=skip_bad, progress=progress)
-        except MedsslError as e:
-            raise MedsslError(str(e).replace("--skip-bad", "data.skip_bad")) from None
-        return (found.images[found.rows], {r.key: i for i, r in enumerate(found.records)}, found.bad)
-    rows: list[torch.Tensor] = []
-    where, bad = {}, []
-    for r in tqdm(records, desc="decoding study images", unit="img", disable=not progress, file=sys.stderr,
-                  leave=False, dynamic_ncols=True):
-        try:
-            rows.append(preprocess.decode(r))
-        except MedsslError as e:
-            if not skip_bad:
-                raise MedsslError(f"{e} (data.skip_bad goes on past unreadable images)") from None
-            bad.append((r.path, str(e)))
-            continue
-        where[r.key] = len(rows) - 1
-    return (torch.stack(rows) if rows else torch.empty(0, 1, size, size, dtype=torch.uint8)), where, bad
+    try:
+        kept, images, bad = decode_split(records, preprocess, skip_bad, progress, "study", source)
+    except MedsslError as e:  # report configs name the option data.skip_bad
+        raise MedsslError(str(e).replace("--skip-bad", "data.skip_bad")) from None
+    return images, {r.key: i for i, r in enumerate(kept)}, bad
 
 
 def study_views(study: Study, images: torch.Tensor, views: int) -> tuple[torch.Tensor, torch.Tensor]:
