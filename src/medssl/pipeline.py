@@ -48,7 +48,7 @@ class Stage:
     key: str
     outputs: tuple[Path, ...]  # removed before a rerun (--from)
     work: Callable[[], None]
-    units: dict[str, Any] = field(default_factory=dict)  # what the dry-run's estimate counts
+    units: dict[str, Any] = field(default_factory=dict)  # what the dry-run's estimate counts (arms' stages)
 
 
 def _sets(overrides: dict[str, Any], options: set[str] | None) -> list[str]:
@@ -69,7 +69,6 @@ class Pipeline:
         self.cfg, self.out, self.progress = cfg, Path(out), progress
         path = self.out / DONE
         self.done: dict[str, dict[str, Any]] = json.loads(path.read_text()) if path.is_file() else {}
-        self.seconds_run: dict[str, float] = {}
 
     # ---- where things are
     @property
@@ -128,8 +127,7 @@ class Pipeline:
     def stages(self) -> list[Stage]:
         c, out = self.cfg, self.out
         data_key = key(c.data)
-        stages = [Stage("data", "data", data_key, (out / "data", out / "data_summary.json"), self.data,
-                        {"patients": c.data.patients})]
+        stages = [Stage("data", "data", data_key, (out / "data", out / "data_summary.json"), self.data)]
         keys: dict[str, str] = {}
         for arm in c.pretrain.methods:
             keys[arm.name] = key(data_key, c.model, c.pretrain.steps, c.pretrain.batch, c.pretrain.set, arm)
@@ -149,19 +147,18 @@ class Pipeline:
                                 {"arm": arm, "baseline": baseline is not None}))
         for arm in c.align.methods:
             stages.append(Stage(f"zeroshot_{arm.name}", "zeroshot", key(keys[arm.name], c.zeroshot.classes, e.n_boot),
-                                (out / "zeroshot" / arm.name,), lambda a=arm: self.zeroshot(a), {"arm": arm}))
+                                (out / "zeroshot" / arm.name,), lambda a=arm: self.zeroshot(a)))
         for arm in c.align.methods:
             stages.append(Stage(f"retrieval_{arm.name}", "retrieval", key(keys[arm.name], c.zeroshot.queries),
                                 (self.run_dir(arm) / "retrieval", out / "retrieval" / arm.name),
-                                lambda a=arm: self.retrieval(a), {"arm": arm}))
+                                lambda a=arm: self.retrieval(a)))
         if c.report_encoder:
             stages.append(Stage("report", "report", key(keys[c.report_encoder], c.report, e.n_boot),
-                                (out / "report", out / "report_generation.json"), self.report,
-                                {"methods": c.report.methods, "steps": c.report.steps}))
+                                (out / "report", out / "report_generation.json"), self.report))
         if c.predict_images:
             first = next(s.key for s in stages if s.name == f"evaluate_{c.arms[0].name}")
             stages.append(Stage("predict", "predict", key(first, c.predict_images),
-                                (out / "predictions.json",), self.predict, {"images": c.predict_images}))
+                                (out / "predictions.json",), self.predict))
         return stages
 
     def status(self, stages: list[Stage], rerun: set[str]) -> dict[str, str]:
@@ -192,7 +189,6 @@ class Pipeline:
             s.work()
             seconds = round(time.perf_counter() - t0, 1)
             self.done[s.name] = {"seconds": seconds, "key": s.key}
-            self.seconds_run[s.name] = seconds
             self._save()
             _say(f"{s.name}: {seconds:.0f} s")
 
@@ -339,8 +335,7 @@ class Pipeline:
                         shutil.rmtree(folder)                # a start killed before its first checkpoint
                     m = run_report_train(cfg, folder, resume=resume, progress=self.progress, meteor=meteor)
                 rows.append(method_row(report_label(method, self.cfg), m))
-            views = self.report_config(self.cfg.report.methods[0]).data.views
-            rows += baseline_rows(align, Path(self.source), views, self.cfg.evaluate.n_boot, meteor)
+            rows += baseline_rows(align, Path(self.source), cfg.data.views, self.cfg.evaluate.n_boot, meteor)
         (self.out / "report_generation.json").write_text(json.dumps({"rows": rows}, indent=2, default=float))
 
     def predict(self) -> None:

@@ -48,7 +48,6 @@ class Rates:
 class Counts:
     images: int
     train_images: int
-    train_studies: int
     test_images: int
     studies: int
     described: str
@@ -131,16 +130,14 @@ def _counts(cfg: RunConfig, records: list[Any] | None, images_per_patient: float
     if records is None:  # synthetic: from the probe's few patients and the built-in 70/10/20 split
         n = round(cfg.data.patients * images_per_patient)
         studies = round(n / 2)  # frontal + lateral
-        return Counts(n, round(0.7 * n), round(0.7 * studies), round(0.2 * n), studies,
+        return Counts(n, round(0.7 * n), round(0.2 * n), studies,
                       f"{cfg.data.patients} synthetic patients (about {n} images) at {cfg.data.size} px")
     splits = [r.split for r in records]
     has = all(splits)
-    train = [r for r in records if (r.split == "train" if has else True)]
-    n_train = len(train) if has else round(0.7 * len(records))
+    n_train = sum(s == "train" for s in splits) if has else round(0.7 * len(records))
     studies = len({(r.patient_id, r.study_id) for r in records})
-    train_studies = len({(r.patient_id, r.study_id) for r in train}) if has else round(0.7 * studies)
     test = sum(s == "test" for s in splits) if has else round(0.2 * len(records))
-    return Counts(len(records), n_train, train_studies, test, studies,
+    return Counts(len(records), n_train, test, studies,
                   f"{len(records)} images of {len({r.patient_id for r in records})} patients"
                   + ("" if has else " (no splits: 70/10/20 by patient)") + f" at {cfg.data.size} px")
 

@@ -187,11 +187,10 @@ def warm_cache(cfg: PretrainConfig, records: list[Record], source: Path, progres
     no two processes decode the same images (the cache's own lock also serialises builders)."""
     from medssl.data.cache import cached_images
 
-    if fabric is None or fabric.local_rank == 0:
+    if fabric.local_rank == 0:
         cached_images(records, cfg.data.size, source, skip_bad=cfg.data.skip_bad, progress=progress,
                       cache=cfg.data.cache)
-    if fabric is not None:
-        fabric.barrier()
+    fabric.barrier()
 
 
 def _check_synthetic(cfg: PretrainConfig) -> None:
@@ -462,8 +461,8 @@ def run_pretrain(config: PretrainConfig, run_dir: str | os.PathLike, *, resume: 
     model = build_model(model_spec_of(config, text))
     t0 = time.perf_counter()
     source = data_source(config, run_dir)
-    if cache_enabled(config.data.cache):
-        warm_cache(config, records, source, progress and rank0, fabric if multi else None)
+    if multi and cache_enabled(config.data.cache):  # alone, the loader's own open below builds it
+        warm_cache(config, records, source, progress and rank0, fabric)
     loader = functools.partial(make_loader, config, records, progress, text=text, source=source)
     spec = run_spec(config, str(config.data.source or "built-in synthetic chest radiographs"), text)
     result = fit(model, loader, spec, run_dir, resume=resume, init=init, progress=progress, fabric=fabric)
