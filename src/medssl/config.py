@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from medssl.data.datasets import AUGMENT_ON
 from medssl.errors import MedsslError
 from medssl.methods import METHODS, method
 from medssl.models.factory import ModelSpec
@@ -27,7 +28,7 @@ PAIR_BY = ("patient", "study")
 # where and how fast it runs, what it logs, and the two remedies the NaN guard suggests (optim.lr, optim.grad_clip).
 # Everything else shapes the model, the method or what the optimiser state means, and needs a new run.
 RESUME_SAFE = ("data.source", "data.split", "data.skip_bad", "data.batch_size", "data.num_workers",
-               "data.prefetch_factor", "data.cache", "train.steps", "train.epochs", "train.log_every",
+               "data.prefetch_factor", "data.cache", "data.augment_on", "train.steps", "train.epochs", "train.log_every",
                "train.checkpoint_every", "train.collapse_threshold", "train.threads", "train.accelerator",
                "train.devices", "train.num_nodes", "train.strategy", "train.precision", "train.channels_last",
                "train.compile", "optim.lr", "optim.grad_clip")
@@ -49,6 +50,8 @@ class DataConfig:
     batch_size: int = 128
     num_workers: int = 1  # processes making augmented batches; 0 = in the training process
     prefetch_factor: int = 2  # batches each worker keeps ready
+    augment_on: str = "auto"  # where the views are augmented: 'loader' (worker processes), 'device' (uint8 batches
+    #                           travel, augmented on the training device), 'auto' (a few steps of each, the faster)
     skip_bad: bool = False  # go on past unreadable images (listed at the start and in metrics.json)
     cache: str | None = None  # decoded-image cache root; None: beside the data, $MEDSSL_CACHE or ~/.cache/medssl;
     #                           "off": decode into memory every run (medssl.data.cache)
@@ -156,6 +159,7 @@ def _validate_data(cfg: PretrainConfig) -> None:
     if d.channels not in (1, 3):
         raise bad("data.channels", d.channels, "must be 1 or 3")
     check_choice("data.pair_by", d.pair_by, PAIR_BY)
+    check_choice("data.augment_on", d.augment_on, AUGMENT_ON)
     if "size" in d.augment_overrides:
         raise bad("data.augment_overrides.size", d.augment_overrides["size"], "is set by data.size; remove it")
     try:

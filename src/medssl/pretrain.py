@@ -309,7 +309,7 @@ def make_loader(cfg: PretrainConfig, records: list[Record], progress: bool, rank
     overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in d.augment_overrides.items()}
     dataset = BatchDataset(images, d.batch_size, spec, preset(d.augment, d.size, **overrides),
                            seed=cfg.train.seed, rank=rank, world_size=world_size, pairs=pairs, channels=d.channels,
-                           reports=reports)
+                           reports=reports, augment_on=d.augment_on)
     return EpochLoader(dataset, d.num_workers, d.prefetch_factor)
 
 

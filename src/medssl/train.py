@@ -19,6 +19,7 @@ import gc
 import math
 import os
 import random
+import statistics
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -211,6 +212,7 @@ class _Run:
         self.log = RunLog(run_dir, enabled=self.rank0)
         self.collapse_warned = False
         self.last_loss = math.nan
+        self.chooser = _AugmentChoice(loader) if getattr(loader, "augment_on", None) == "auto" else None
 
     def _restore(self, resume: bool, init: str | Path | None) -> None:
         """Weights from init, or everything from the run's last checkpoint; else a fresh, seeded start."""
@@ -258,6 +260,8 @@ class _Run:
         if self.batch >= self.steps_per_epoch:  # fewer batches per epoch than when it was written
             self.epoch, self.batch = self.epoch + 1, 0
         set_rng_state(ckpt["rng"][self.fabric.global_rank % len(ckpt["rng"])])
+        if self.chooser is not None and ckpt.get("augment_on") in ("loader", "device"):
+            self.chooser.set(ckpt["augment_on"])
         if self.early is not None and "validation" in ckpt:
             vars(self.early).update(ckpt["validation"])
             best = path.with_name(BEST)
@@ -278,7 +282,10 @@ class _Run:
             while self.step < self.total and not self._stopped():
                 before = self.step
                 for batch in self.loader.epoch(self.epoch, self.batch):
+                    on_device = "pixels" in batch
                     self._train_step(batch, bar)
+                    if self.chooser is not None and self.chooser.choice is None:
+                        self._choose_augment(on_device)
                     if self.step >= self.total or self._stopped():
                         break
                 if self.step == before:
@@ -317,6 +324,7 @@ class _Run:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
+        self.stepped = time.perf_counter()
         self.step += 1
         self.batch += 1
         if self.batch == self.steps_per_epoch:
@@ -340,6 +348,19 @@ class _Run:
         loss = self._global_loss(out["loss"])
         self.fabric.backward(out["loss"])
         return out, loss
+
+    def _choose_augment(self, on_device: bool) -> None:
+        """data.augment_on=auto: time this step; once both paths are timed, rank 0 picks and every rank follows."""
+        chooser = self.chooser
+        assert chooser is not None
+        if not chooser.observe(on_device, self.stepped, self.total - self.step):
+            return
+        choice = chooser.decide()
+        if self.fabric.world_size > 1:
+            choice = self.fabric.broadcast(choice, src=0)
+        chooser.set(choice)
+        if self.rank0:
+            tqdm.write(f"data.augment_on=auto: {chooser.summary()}", file=sys.stderr)
 
     def _stopped(self) -> bool:
         return self.early is not None and self.early.stopped
@@ -365,6 +386,9 @@ class _Run:
 
     def _prepare(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         batch = self.fabric.to_device(batch)
+        finish = getattr(self.loader, "finish", None)
+        if finish is not None:  # a batch made for augmentation on the device (data.augment_on) is augmented here
+            batch = finish(batch)
         if self.train.channels_last:
             batch = {k: v.contiguous(memory_format=torch.channels_last) if v.ndim == 4 else v
                      for k, v in batch.items()}
@@ -424,6 +448,8 @@ class _Run:
         if not self.rank0:
             return
         extra: dict[str, Any] = {"world_size": self.fabric.world_size}
+        if self.chooser is not None and self.chooser.choice is not None:
+            extra["augment_on"] = self.chooser.choice  # a resumed auto run keeps the path it chose
         early = self.early
         if early is not None:
             extra["validation"] = early.state()
@@ -434,6 +460,59 @@ class _Run:
         save_checkpoint(last_checkpoint(self.run_dir), model=self.raw, optimizer=self.optimizer,
                         scheduler=self.scheduler, step=self.step, epoch=self.epoch, batch=self.batch,
                         rng=states, extra={**self.spec.record, **extra})
+
+
+class _AugmentChoice:
+    """data.augment_on=auto: train a few steps with the views augmented in the loader, then a few with them
+    augmented on the training device, and keep the path whose steps took less wall time (waiting for data
+    included: the loader path overlaps augmentation with training in its workers, the device path adds it to the
+    step). Batches say which path made them, so the ones still in flight after a switch are not miscounted. A run
+    too short to time both stays on the loader path."""
+
+    WARM, TIMED = 2, 3  # untimed first steps (worker start-up, first-step allocations); timed steps per path
+
+    def __init__(self, loader: Any):
+        self.loader = loader
+        self.choice: str | None = None
+        self.times: dict[bool, list[float]] = {False: [], True: []}
+        self.last = time.perf_counter()
+        self.seen = 0
+        self.switched = self.skipped = False
+        self.loader.use_device(False)
+
+    def observe(self, on_device: bool, stepped: float, steps_left: int) -> bool:
+        """Record the step just taken: its batch made for the device or not, the time its optimiser step ended
+        (validation, logging and checkpoints after it are not timed). True when it is time to decide."""
+        seconds, self.last = stepped - self.last, time.perf_counter()
+        self.seen += 1
+        if self.seen > self.WARM:
+            if on_device and not self.skipped:
+                self.skipped = True  # the first device batch waited on a worker that had just switched
+            else:
+                self.times[on_device].append(seconds)
+        if not self.switched and len(self.times[False]) >= self.TIMED:
+            self.loader.use_device(True)
+            self.switched = True
+        needed = self.TIMED + 1 + self.loader.in_flight  # steps still to come before the device path is timed
+        if not self.switched and steps_left < needed + self.TIMED:
+            self.set("loader")
+            return False
+        return len(self.times[True]) >= self.TIMED
+
+    def decide(self) -> str:
+        loader, device = (statistics.median(self.times[k]) for k in (False, True))
+        return "device" if device < loader else "loader"
+
+    def set(self, choice: str) -> None:
+        self.choice = choice
+        self.loader.use_device(choice == "device")
+
+    def summary(self) -> str:
+        parts = [f"{name} {statistics.median(self.times[k]):.3f} s/step" for name, k in (("loader", False),
+                                                                                          ("device", True))
+                 if self.times[k]]
+        where = "on the training device" if self.choice == "device" else "in the loader workers"
+        return f"{', '.join(parts)}: augmenting {where}"
 
 
 def _batch_rows(batch: dict[str, Any]) -> int:

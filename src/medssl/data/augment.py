@@ -188,8 +188,18 @@ class Augment(torch.nn.Module):
 
     def params(self, b: int) -> dict[str, Tensor]:
         """Draw parameters for a batch of b (advances the generator): (B,) tensors unless noted."""
+        return self.derive(*self.draw(b))
+
+    def draw(self, b: int) -> tuple[Tensor, Tensor]:
+        """The random numbers behind a batch's parameters (advances the generator): uniforms (B, 16) and a ()
+        int64 noise seed. Small enough to travel with a uint8 batch to the training device (data.augment_on)."""
+        u = torch.rand(b, len(_COLUMNS), generator=self.generator)
+        return u, torch.randint(0, 2**62, (), generator=self.generator)
+
+    def derive(self, uniforms: Tensor, seed: Tensor) -> dict[str, Tensor]:
+        """The batch's parameters from `draw`'s numbers, on their device; no randomness of its own."""
         c = self.cfg
-        u = dict(zip(_COLUMNS, torch.rand(b, len(_COLUMNS), generator=self.generator).unbind(1)))
+        u = dict(zip(_COLUMNS, uniforms.unbind(1)))
         p = _crop_params(c, u)
         p["angle"] = _lerp(-c.rotation_deg, c.rotation_deg, u["angle"])  # degrees, counter-clockwise
         if c.rot90:
@@ -204,7 +214,7 @@ class Augment(torch.nn.Module):
         p["noise"] = u["noise"] < c.noise_p  # bool
         p["blur"] = u["blur"] < c.blur_p  # bool
         p["sigma"] = _lerp(c.blur_sigma[0], c.blur_sigma[1], u["sigma"])
-        p["seed"] = torch.randint(0, 2**62, (), generator=self.generator)  # () noise seed, any device
+        p["seed"] = seed  # () noise seed, any device
         return p
 
     @torch.no_grad()  # augmentations are never differentiated; this also lets every later step work in place

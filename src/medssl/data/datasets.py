@@ -38,6 +38,7 @@ from medssl.data.records import Record
 from medssl.errors import MedsslError
 from medssl.text.reports import report_sentences, sample_sentences, training_text
 
+AUGMENT_ON = ("loader", "device", "auto")  # data.augment_on: where training views are augmented (BatchDataset)
 NO_FINDING_NAMES = frozenset({"no_finding", "no finding", "normal", "none"})  # labels that mean "nothing found"
 
 
@@ -117,7 +118,11 @@ class ImageDataset(Dataset):
 
     def batch(self, idx: np.ndarray | Tensor) -> Tensor:
         """(B, 1, size, size) float32 in [0, 1] for the given indices (only these rows are read)."""
-        return self.images[self.rows[torch.as_tensor(idx, dtype=torch.long)]].float().div_(255)
+        return self.pixels(idx).float().div_(255)
+
+    def pixels(self, idx: np.ndarray | Tensor) -> Tensor:
+        """(B, 1, size, size) uint8 for the given indices, as stored."""
+        return self.images[self.rows[torch.as_tensor(idx, dtype=torch.long)]]
 
 
 class MultiInstanceDataset(Dataset):
@@ -293,11 +298,21 @@ class BatchDataset(Dataset):
     spec: what the method declared it consumes (BatchSpec); pairs: the patients' partner images (spec.partner);
     targets: labels, one row per image ((N,) or (N, C)), added to each batch as "target" (spec.target);
     reports: the studies, their reports and the tokenizer (spec.report): the items permuted are then the studies.
+    augment_on: where the views are augmented (data.augment_on). 'loader': here, in the worker. 'device': a batch
+    leaves the worker as uint8 pixels ("pixels", "pixels_partner") and, per view, the random numbers its
+    augmentation is made of ("aug.VIEW", "aug_seed.VIEW", drawn exactly as the loader path draws them), and `finish`
+    augments it on the training device after the move. 'auto': the trainer times both and keeps the faster
+    (medssl.train); a key (epoch, k, on_device) says which one a batch is made for. Either way a batch is a pure
+    function of its key; on the CPU both paths give the same pixels, on a GPU the same parameters (the noise is
+    drawn by that device's generator from the same seed).
     """
 
     def __init__(self, images: ImageDataset, batch_size: int, spec: BatchSpec, augment: AugmentConfig,
                  seed: int = 0, rank: int = 0, world_size: int = 1, pairs: MultiInstanceDataset | None = None,
-                 channels: int = 1, targets: np.ndarray | Tensor | None = None, reports: StudyReports | None = None):
+                 channels: int = 1, targets: np.ndarray | Tensor | None = None, reports: StudyReports | None = None,
+                 augment_on: str = "loader"):
+        if augment_on not in AUGMENT_ON:
+            raise MedsslError(f"data.augment_on={augment_on!r} must be one of {', '.join(AUGMENT_ON)}")
         if batch_size % world_size:
             raise MedsslError(f"batch size {batch_size} is not a multiple of the {world_size} processes")
         if spec.report and reports is None:
@@ -321,6 +336,7 @@ class BatchDataset(Dataset):
         if self.targets is not None and len(self.targets) != len(images):
             raise MedsslError(f"{len(self.targets)} targets for {len(images)} images")
         self.augment = Augment(augment, seed)
+        self.augment_on = augment_on
         self._perm: tuple[int, np.ndarray] | None = None  # (epoch, permutation): one epoch cached per worker
 
     def __len__(self) -> int:
@@ -341,9 +357,11 @@ class BatchDataset(Dataset):
         lo = k * self.batch_size + self.rank * self.local
         return self.permutation(epoch)[lo : lo + self.local]
 
-    def __getitem__(self, key: tuple[int, int]) -> dict[str, Tensor]:
-        """Batch k of the epoch for this rank: a pure function of (seed, epoch, k, rank)."""
-        epoch, k = key
+    def __getitem__(self, key: tuple[int, int] | tuple[int, int, bool]) -> dict[str, Tensor]:
+        """Batch k of the epoch for this rank: a pure function of (seed, epoch, k, rank); key (epoch, k) or
+        (epoch, k, on_device): made for augmentation on the device (see the class), else augmented here."""
+        epoch, k = key[0], key[1]
+        on_device = bool(key[2]) if len(key) > 2 else self.augment_on == "device"
         idx = self.indices(epoch, k)
         out: dict[str, Tensor] = {}
         if self.reports is not None:  # items are studies: one of each study's images, and its report
@@ -351,18 +369,42 @@ class BatchDataset(Dataset):
             text_rng = np.random.default_rng(_derive_seed(self.seed, epoch, k, self.rank, 1))
             out.update(self.reports.batch(studies, text_rng), study=torch.from_numpy(studies.copy()))
         self.augment.generator.manual_seed(_derive_seed(self.seed, epoch, k, self.rank))
-        x = self.images.batch(idx)                                     # (b, 1, S, S)
+        read = self.images.pixels if on_device else self.images.batch  # uint8 to travel, or float to augment here
+        x = read(idx)                                                  # (b, 1, S, S)
         out["index"] = torch.from_numpy(idx.copy())
         if self.spec.target:
             out["target"] = self.targets[torch.from_numpy(idx)]  # type: ignore[index]
         sources = [x] * len(self.spec.views)
         if self.spec.partner:
             partner, same = self.pairs.partners(idx, epoch)  # type: ignore[union-attr]
-            sources[1] = self.images.batch(partner)
+            sources[1] = read(partner)
             out["same_image"] = torch.from_numpy(same)
+        if on_device:
+            out["pixels"] = x
+            if self.spec.partner:
+                out["pixels_partner"] = sources[1]
         for key, src in zip(self.spec.views, sources):  # in order: each view draws from the generator in turn
-            out[key] = self._channels(self.augment(src))
+            if on_device:
+                out[f"aug.{key}"], out[f"aug_seed.{key}"] = self.augment.draw(len(src))
+            else:
+                out[key] = self._channels(self.augment(src))
         return out
+
+    def finish(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """A batch made for the device (see the class) with its views augmented where its tensors are, the
+        travelling pixels and random numbers removed; a batch augmented in the loader is returned as it is."""
+        if "pixels" not in batch:
+            return batch
+        batch = dict(batch)
+        x = batch.pop("pixels").float().div_(255)  # as ImageDataset.batch does, on the device
+        partner = batch.pop("pixels_partner", None)
+        sources = [x] * len(self.spec.views)
+        if partner is not None:
+            sources[1] = partner.float().div_(255)
+        for key, src in zip(self.spec.views, sources):
+            p = self.augment.derive(batch.pop(f"aug.{key}"), batch.pop(f"aug_seed.{key}"))
+            batch[key] = self._channels(self.augment.apply_params(src, p))
+        return batch
 
     def _channels(self, x: Tensor) -> Tensor:
         return x if self.channels == 1 else x.expand(-1, self.channels, -1, -1).contiguous()
@@ -372,15 +414,17 @@ class _EpochSampler(Sampler):
     """Yields the keys (epoch, k) for k = start.. of one epoch; iterated in the main process, so set() takes effect
     even with persistent workers."""
 
-    def __init__(self, n_batches: int):
+    def __init__(self, n_batches: int, on_device: bool = False):
         self.n_batches, self.epoch, self.start = n_batches, 0, 0
+        self.on_device = on_device  # read as each key is made: a switch takes effect from the next key requested
 
     def set(self, epoch: int, start: int) -> None:
         """Where the next iteration starts."""
         self.epoch, self.start = epoch, start
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        return iter([(self.epoch, k) for k in range(self.start, self.n_batches)])
+    def __iter__(self) -> Iterator[tuple[int, int, bool]]:
+        epoch, start = self.epoch, self.start
+        return ((epoch, k, self.on_device) for k in range(start, self.n_batches))
 
     def __len__(self) -> int:
         return self.n_batches - self.start
@@ -396,7 +440,8 @@ class EpochLoader:
 
     def __init__(self, dataset: BatchDataset, num_workers: int = 0, prefetch_factor: int = 2):
         self.dataset = dataset
-        self.sampler = _EpochSampler(len(dataset))
+        self.sampler = _EpochSampler(len(dataset), on_device=dataset.augment_on == "device")
+        self.num_workers, self.prefetch_factor = num_workers, prefetch_factor
         self.loader = DataLoader(dataset, batch_size=None, sampler=self.sampler, num_workers=num_workers,
                                  persistent_workers=num_workers > 0,
                                  prefetch_factor=prefetch_factor if num_workers > 0 else None,
@@ -409,6 +454,24 @@ class EpochLoader:
         """Batches start, start + 1, ... of the epoch."""
         self.sampler.set(epoch, start)
         return iter(self.loader)
+
+    @property
+    def augment_on(self) -> str:
+        """data.augment_on of the batches: 'loader', 'device' or 'auto' (the trainer chooses)."""
+        return self.dataset.augment_on
+
+    @property
+    def in_flight(self) -> int:
+        """Keys requested before the one being made: batches that still come in the old mode after a switch."""
+        return self.prefetch_factor * self.num_workers if self.num_workers else 0
+
+    def use_device(self, on: bool) -> None:
+        """Make the batches requested from now on for augmentation on the device (True) or in the loader."""
+        self.sampler.on_device = bool(on)
+
+    def finish(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The batch after its move to the training device: augmented there if it was made for it."""
+        return self.dataset.finish(batch)
 
     def close(self) -> None:
         """Stop the worker processes."""
