@@ -10,10 +10,15 @@ For N synthetic 64 px PNG images (default 1,000, 10,000 and 100,000) and a DICOM
   cache by every process that maps them).
 Also, in this process, opening the built cache (every file stat-ed, nothing decoded) against decoding every image into
 memory, one process, as a run without the cache does. Targets (issue 14): a warm start under 5 % of the cold one
-(the data part: the process start-up, about 9 s of imports, model and Fabric, is the same for both); anonymous memory flat in N; training images/s within 5 %
-of the in-memory path. Not measured here yet: device-side augmentation and compiled steps (issue 14, parts 5-6).
+(the data part: the process start-up, about 9 s of imports, model and Fabric, is the same for both); anonymous memory
+flat in N; training images/s within 5 % of the in-memory path.
+Augmentation (data.augment_on, part 5), at 64, 128 and 224 px, SimCLR's two views of a batch of --aug-batch:
+images/s of ONE loader worker (one thread, as a DataLoader worker runs) on the loader path (it augments) and on the
+device path (it only slices uint8 rows and draws the random numbers), and images/s of the device path's augmentation
+on the training device (here the CPU with every thread; on a GPU it is a few batched tensor ops).
+Compiled steps (part 6): with --compile, bench/compile_steps.py's eager and compiled images/s are included.
 
-    python bench/data_scale.py --sizes 1000,10000,100000 --json /tmp/data_scale.json
+    python bench/data_scale.py --sizes 1000,10000,100000 --compile --json /tmp/data_scale.json
 """
 
 from __future__ import annotations
@@ -138,12 +143,49 @@ def pretrain(source: Path, out: Path, cache: str, steps: int, env: dict[str, str
             "train_images_per_s": round(m["images_per_s"], 1), "peak_mb": mb}
 
 
+def augment_rates(sizes: list[int], batch: int, batches: int = 8) -> list[dict]:
+    """Images/s per loader worker on each path, and of the device path's augmentation on this process's device."""
+    import torch
+
+    from medssl.data.augment import preset
+    from medssl.data.datasets import TWO_VIEWS, BatchDataset, ImageDataset
+
+    rows = []
+    threads = torch.get_num_threads()
+    for size in sizes:
+        x = np.random.default_rng(size).random((batch * batches, size, size), dtype=np.float32)
+        ds = BatchDataset(ImageDataset.from_array(x), batch, TWO_VIEWS, preset("chest_xray", size), seed=0)
+        keys = [(0, k) for k in range(batches)]
+        rate = {}
+        torch.set_num_threads(1)  # what one DataLoader worker runs with
+        for name, on_device in (("loader", False), ("device", True)):
+            ds[(*keys[0], on_device)]  # warm-up
+            t0 = time.perf_counter()
+            made = [ds[(*key, on_device)] for key in keys]
+            rate[name] = batch * batches / (time.perf_counter() - t0)
+        torch.set_num_threads(threads)
+        ds.finish(made[0])
+        t0 = time.perf_counter()
+        for b in made:
+            ds.finish(b)
+        rate["device_augment"] = batch * batches / (time.perf_counter() - t0)
+        rows.append({"size": size, "batch": batch, "loader_path_images_per_s_per_worker": round(rate["loader"], 1),
+                     "device_path_images_per_s_per_worker": round(rate["device"], 1),
+                     "device_augment_images_per_s": round(rate["device_augment"], 1),
+                     "device_threads": threads, "device": "cpu"})
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="1000,10000,100000")
     ap.add_argument("--dicoms", type=int, default=2000)
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--workdir", help="where the images go (default: a temporary folder, removed after)")
+    ap.add_argument("--aug-sizes", default="64,128,224")
+    ap.add_argument("--aug-batch", type=int, default=64)
+    ap.add_argument("--compile", action="store_true", help="also run bench/compile_steps.py (about 5 minutes)")
     ap.add_argument("--json")
     args = ap.parse_args()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="medssl-scale-"))
@@ -190,6 +232,12 @@ def main() -> None:
             built = json.loads(next(cache.glob("*/manifest.json")).read_text())
             result["dicom"] = {"images": args.dicoms, "cache_build_s": round(wall, 2), "decode_s": built["seconds"],
                                "images_per_s_per_core": round(args.dicoms / built["seconds"] / built["workers"], 1)}
+        result["augment"] = augment_rates([int(v) for v in args.aug_sizes.split(",") if v], args.aug_batch)
+        if args.compile:
+            out = subprocess.run([sys.executable, str(ROOT / "bench" / "compile_steps.py"), "--steps", "30",
+                                  "--settings", "28:256,64:64"], env=env, stdout=subprocess.PIPE, text=True,
+                                 check=True).stdout
+            result["compile"] = json.loads(out)
     finally:
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)
