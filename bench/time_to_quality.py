@@ -43,7 +43,9 @@ COMMON = ["data.size=28", "model.backbone=resnet18", "model.stem=small", "data.n
           "train.log_every=10", f"train.checkpoint_every={10**6}"]
 RECIPES: dict[str, list[str]] = {
     "default": ["data.batch_size=256", "train.steps=150", "optim.warmup_epochs=0", "optim.warmup_steps=15"],
-    "fast": ["data.batch_size=256", "train.steps=150", "optim.warmup_epochs=0", "optim.warmup_steps=15"],
+    # chosen on the validation curve of seed 0 only: batch 128 reached 0.99 at step 20 (2,560 images) and stayed,
+    # batch 256 at step 45 (11,500 images); at the end test AUC 0.961 against 0.963 (looked at after choosing)
+    "fast": ["data.batch_size=128", "train.steps=150", "optim.warmup_epochs=0", "optim.warmup_steps=15"],
 }
 
 
@@ -97,13 +99,18 @@ def medssl_run(data: str, recipe: str, seed: int, probe_every: int, extra: list[
             "overrides": overrides}
 
 
-def time_to(curve: list, target: float) -> float | None:
-    """Training seconds when the validation AUC first reaches target (interpolated between probes)."""
-    for (s0, t0, a0), (s1, t1, a1) in zip(curve, curve[1:]):
-        if a1 >= target:
-            if a0 >= target:
-                return t0
-            return t0 + (t1 - t0) * (target - a0) / (a1 - a0)
+def time_to(curve: list, target: float, probe: str = "all", sustained: bool = False) -> float | None:
+    """Training seconds when the validation AUC of `probe` reaches target, interpolated between the probe before
+    and the first at or above it; sustained: the first from which every later probe stays at or above. The score
+    at step 0 (the untrained network) never counts: on PneumoniaMNIST's validation split it already exceeds 0.99."""
+    points = [(t, scores[probe]) for _, t, scores in curve]
+    for i in range(1, len(points)):
+        (t0, a0), (t1, a1) = points[i - 1], points[i]
+        if a1 < target or (sustained and any(a < target for _, a in points[i:])):
+            continue
+        if i == 1:  # the probe before is the untrained network's: the first trained probe is when it is known
+            return t1
+        return t0 + (t1 - t0) * (target - a0) / (a1 - a0)  # a0 < target here
     return None
 
 
@@ -142,23 +149,36 @@ def main() -> None:
             out = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True, check=True).stdout
             run = json.loads(out.strip().splitlines()[-1])
             run["seconds_to_target"] = time_to(run["curve"], args.target)
+            run["seconds_to_target_sustained"] = time_to(run["curve"], args.target, sustained=True)
             runs.append(run)
-            print(f"{recipe} seed {seed}: {run['seconds_to_target']} s to val AUC {args.target}, "
-                  f"test AUC {run['test_auc']:.4f}, {run['images_per_s']:.1f} img/s", file=sys.stderr, flush=True)
+            print(f"{recipe} seed {seed}: {run['seconds_to_target']} s to val AUC {args.target} "
+                  f"(sustained {run['seconds_to_target_sustained']}), test AUC {run['test_auc']}, "
+                  f"{run['images_per_s']:.1f} img/s", file=sys.stderr, flush=True)
+            if args.json:  # what has finished survives a later failure
+                Path(args.json + ".partial").write_text(json.dumps(runs) + "\n")
     summary = {}
-    for recipe in {r["recipe"] for r in runs}:
+    for recipe in dict.fromkeys(r["recipe"] for r in runs):
         mine = [r for r in runs if r["recipe"] == recipe]
-        reached = [r["seconds_to_target"] for r in mine if r["seconds_to_target"] is not None]
-        summary[recipe] = {
-            "seeds": len(mine), "reached": len(reached),
-            "median_seconds_to_target": statistics.median(reached) if len(reached) == len(mine) else None,
-            "seconds_to_target": [r["seconds_to_target"] for r in mine],
-            "test_auc": [r["test_auc"] for r in mine], "images_per_s": [r["images_per_s"] for r in mine],
-            "train_seconds": [r["train_seconds"] for r in mine]}
-    peer = summary.get("lightly", {}).get("median_seconds_to_target")
+        s: dict = {"seeds": len(mine), "test_auc": [r["test_auc"] for r in mine],
+                   "images_per_s": [r["images_per_s"] for r in mine],
+                   "train_seconds": [r["train_seconds"] for r in mine],
+                   "final_val_auc": [r["curve"][-1][2] for r in mine]}
+        for kind in ("seconds_to_target", "seconds_to_target_sustained"):
+            times = [r[kind] for r in mine]
+            s[kind] = times
+            # a run that never reached the target counts as slower than every run that did
+            s[f"median_{kind}"] = statistics.median(t if t is not None else float("inf") for t in times)
+        summary[recipe] = s
+    peer = summary.get("lightly")
     for recipe, s in summary.items():
-        if peer and s["median_seconds_to_target"] is not None:
-            s["ratio_to_lightly"] = s["median_seconds_to_target"] / peer
+        if peer is not None and recipe != "lightly":
+            for kind in ("seconds_to_target", "seconds_to_target_sustained"):
+                mine, theirs = s[f"median_{kind}"], peer[f"median_{kind}"]
+                s[f"ratio_to_lightly_{kind}"] = mine / theirs if theirs not in (0, float("inf")) else None
+    for s in summary.values():  # JSON has no infinity: a median over runs that mostly never got there is null
+        for k, v in list(s.items()):
+            if v == float("inf"):
+                s[k] = None
     result = {"target": args.target, "probe_every": args.probe_every, "data": args.data, "summary": summary,
               "runs": runs, "cpu": os.cpu_count(), "torch": torch.__version__}
     text = json.dumps(result, indent=2)
