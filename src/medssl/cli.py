@@ -362,7 +362,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """The web service over a run folder."""
     from medssl.serve.run import run_serve
 
-    return run_serve(args.run, args.host, args.port, args.token_file, args.workers, args.max_upload_mb, args.threads)
+    return run_serve(args.run, args.host, args.port, args.token_file, args.workers, args.max_upload_mb, args.threads,
+                     pacs_url=args.pacs, pacs_auth_file=args.pacs_auth_file, pacs_ca_bundle=args.pacs_ca_bundle,
+                     pacs_timeout=args.pacs_timeout)
 
 
 def cmd_report_train(args: argparse.Namespace) -> int:
@@ -382,10 +384,48 @@ def cmd_report_generate(args: argparse.Namespace) -> int:
     """Draft reports of images or study folders from a report run."""
     from medssl.report.generate_run import result_lines, run_generate
 
-    results = run_generate(args.run, args.images, beam=args.beam)
+    results = run_generate(args.run, args.images, beam=args.beam, out=args.out)
     print(json.dumps({"run": str(args.run), "results": results}, indent=2, default=float) if args.json
           else "\n".join(result_lines(results)))
     return 0
+
+
+def _pacs(args: argparse.Namespace):
+    from medssl.pacs.client import connect
+
+    return connect(args.url, auth_file=args.auth_file, ca_bundle=args.ca_bundle, timeout=args.timeout)
+
+
+def cmd_pacs_pull(args: argparse.Namespace) -> int:
+    """Studies from a PACS (QIDO-RS + WADO-RS) into a folder with a manifest."""
+    from medssl.pacs.pull import run_pull
+
+    s = run_pull(_pacs(args), args.out, study=args.study, query=args.query, progress=not args.quiet)
+    p = s["this_pull"]
+    rate = f", {p['images_per_s']} images/s" if p["images_per_s"] else ""
+    print(f"pulled {p['fetched']} image(s) of {p['studies']} study(ies) into {args.out} ({p['already_here']} already "
+          f"there, {len(s['skipped_non_image'])} non-image instance(s) skipped; {p['seconds']} s{rate}); "
+          f"manifest: {Path(args.out) / 'manifest.csv'}")
+    return 0
+
+
+def cmd_pacs_push(args: argparse.Namespace) -> int:
+    """Draft reports into the PACS as DICOM Enhanced SR, beside their images."""
+    from medssl.pacs.push import run_push
+
+    s = run_push(_pacs(args), args.run, progress=not args.quiet)
+    print(f"stored {s['stored']} draft report(s) as DICOM SR ({s['already_there']} already in the PACS; "
+          f"{s['seconds']} s); list: {Path(args.run) / 'pushed.json'}")
+    return 0
+
+
+def _pacs_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--url", required=True, help="DICOMweb root, e.g. http://127.0.0.1:8042/dicom-web")
+    p.add_argument("--auth-file", help="first line 'USER:PASSWORD' or 'Bearer TOKEN'; or set MEDSSL_PACS_USER and "
+                   "MEDSSL_PACS_PASSWORD, or MEDSSL_PACS_TOKEN. Never on the command line")
+    p.add_argument("--ca-bundle", help="PEM file of the CA that signed the server's certificate (https)")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for each answer (default 30)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def cmd_report_label(args: argparse.Namespace) -> int:
@@ -663,7 +703,8 @@ examples:
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=(
             "examples:\n  medssl serve runs/demo                      # http://127.0.0.1:8000/ on this machine only\n"
             "  MEDSSL_TOKEN=... medssl serve runs/demo --host 0.0.0.0   # beyond loopback: a token is required\n"
-            "API: POST /v1/analyze (multipart 'file'), GET /v1/model, GET /healthz, /docs"))
+            "API: POST /v1/analyze (multipart 'file'), POST /v1/studies/UID/analyze (with --pacs), GET /v1/model, "
+            "GET /healthz, /docs"))
     sv.add_argument("run", help="run folder of medssl demo / run, or of report train, evaluate; or a bundle file")
     sv.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
     sv.add_argument("--port", type=int, default=8000)
@@ -671,6 +712,11 @@ examples:
     sv.add_argument("--workers", type=int, default=2, help="inference threads (requests run concurrently)")
     sv.add_argument("--max-upload-mb", type=int, default=20)
     sv.add_argument("--threads", type=int, help="torch threads (default: cores, at most 4)")
+    sv.add_argument("--pacs", metavar="URL", help="DICOMweb root of a PACS: POST /v1/studies/UID/analyze pulls a "
+                    "study by its UID (credentials as for medssl pacs: MEDSSL_PACS_USER / _PASSWORD / _TOKEN)")
+    sv.add_argument("--pacs-auth-file", help="the PACS's credentials file (as medssl pacs --auth-file)")
+    sv.add_argument("--pacs-ca-bundle", help="CA bundle for an https PACS")
+    sv.add_argument("--pacs-timeout", type=float, default=30.0, help="seconds to wait for each PACS answer")
     sv.set_defaults(func=cmd_serve)
 
     rep = sub.add_parser("report", help="report generation: train, generate, label findings").add_subparsers(
@@ -696,6 +742,8 @@ examples:
     rg.add_argument("images", nargs="+", help="image files (DICOM, PNG, JPEG) or folders of a study's views")
     rg.add_argument("--beam", type=int, help="beam size (default: the run's; 1 = greedy)")
     rg.add_argument("--json", action="store_true", help="findings, probabilities, report and sources as JSON")
+    rg.add_argument("--out", help="also write OUT/reports.json (the drafts and the model's identity): what "
+                    "`medssl pacs push OUT` stores in a PACS")
     rg.set_defaults(func=cmd_report_generate)
     rl = rep.add_parser("label", help="CheXpert-style finding labels of report texts (rules with negation)")
     rl.add_argument("source", nargs="?", default="-", help="text file (one report per line), CSV, or - for "
@@ -703,6 +751,33 @@ examples:
     rl.add_argument("--column", help="the CSV column holding the reports")
     rl.add_argument("--json", action="store_true", help="one JSON object per report: each finding's status")
     rl.set_defaults(func=cmd_report_label)
+
+    pacs = sub.add_parser("pacs", help="read studies from a PACS over DICOMweb, write draft reports back as DICOM "
+                          "SR").add_subparsers(dest="pacs_cmd", required=True)
+    pull = pacs.add_parser(
+        "pull", help="QIDO-RS search + WADO-RS retrieve into a folder with manifest.csv (pseudonymised; resumable)",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=(
+            "examples:\n  MEDSSL_PACS_USER=... MEDSSL_PACS_PASSWORD=... medssl pacs pull --url "
+            "http://127.0.0.1:8042/dicom-web --study 1.2.3.4 --out pulled\n"
+            "  medssl pacs pull --url URL --query ModalitiesInStudy=CR --query StudyDate=20240101-20240131 "
+            "--out pulled"))
+    _pacs_options(pull)
+    what = pull.add_mutually_exclusive_group(required=True)
+    what.add_argument("--study", help="a Study Instance UID")
+    what.add_argument("--query", action="append", metavar="KEY=VALUE",
+                      help="QIDO-RS study filter (DICOM keyword or tag; repeatable), e.g. StudyDate=20240101-")
+    pull.add_argument("--out", required=True, help="folder to pull into (an earlier pull's folder goes on)")
+    pull.set_defaults(func=cmd_pacs_pull)
+    push = pacs.add_parser(
+        "push", help="store draft reports (medssl report generate --out DIR) as DICOM Enhanced SR in their studies",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=(
+            "example:\n  medssl report generate runs/demo/report/lstm pulled --out drafts\n"
+            "  medssl pacs push drafts --url http://127.0.0.1:8042/dicom-web\n"
+            "Each SR is UNVERIFIED / PARTIAL / PRELIMINARY: a draft for a radiologist. Pushing again stores "
+            "nothing twice."))
+    push.add_argument("run", help="folder holding reports.json (medssl report generate ... --out)")
+    _pacs_options(push)
+    push.set_defaults(func=cmd_pacs_push)
 
     data = sub.add_parser("data", help="synthesise, index, inspect and split data").add_subparsers(
         dest="data_command", required=True)

@@ -15,3 +15,12 @@ class ManifestError(MedsslError):
 
 class LeakageError(MedsslError):
     """A patient appears in two splits."""
+
+
+class PacsError(MedsslError):
+    """A PACS that cannot be reached or refuses: `kind` says which, for a service to answer with the right status
+    (unreachable, timeout, auth, not_found, no_images, refused)."""
+
+    def __init__(self, message: str, kind: str = "refused"):
+        super().__init__(message)
+        self.kind = kind

@@ -2,10 +2,13 @@
 
 An image file is a study of one view; a folder is one study of its images (a DICOM's ViewPosition, else a file
 name with "lat" in it, says which is lateral; the first frontal and the first lateral are used), at most
-MAX_STUDY_IMAGES of them: a folder of a whole collection is refused rather than read as one study. Plain text by
+MAX_STUDY_IMAGES of them: a folder of a whole collection is refused rather than read as one study. A folder of
+`medssl pacs pull` (it holds pull.json) is one study per study folder. Plain text by
 default; --json gives per study the findings with probabilities, the report, the findings the report states and,
-for the retrieval method, the source sentences with their scores. Nothing of a DICOM's patient identity is read
-into the output: the study is named by its path.
+for the retrieval method, the source sentences with their scores. `--out DIR` also writes DIR/reports.json: the
+model (its run, method, a hash of its weights, medssl's version) and every study's draft: what `medssl pacs push
+DIR` stores in the PACS. Nothing of a DICOM's patient identity is read into the output: the study is named by its
+path.
 """
 
 from __future__ import annotations
@@ -53,7 +56,19 @@ def gather(items: list[str], views: int) -> list[tuple[str, list[Path | None]]]:
     studies = []
     if not items:
         raise MedsslError("report generate: give at least one image file or folder")
+    from medssl.pacs.pull import is_pull_folder, study_folders
+
+    expanded = []
     for item in items:
+        p = Path(item)
+        if is_pull_folder(p):
+            found = study_folders(p)
+            if not found:
+                raise MedsslError(f"{p}: a pull folder without any study folder of images")
+            expanded += [str(f) for f in found]
+        else:
+            expanded.append(item)
+    for item in expanded:
         p = Path(item)
         if p.is_dir():
             files = _images_in(p)
@@ -88,8 +103,10 @@ def decode_study(slots: list[Path | None], preprocess: Preprocess) -> tuple[torc
     return images, have
 
 
-def run_generate(run_path: str | Path, items: list[str], beam: int | None = None) -> list[dict[str, Any]]:
-    """Reports of the studies; each {"study", "views": [paths], "report", "findings", "stated", ("sources")}."""
+def run_generate(run_path: str | Path, items: list[str], beam: int | None = None,
+                 out: str | Path | None = None) -> list[dict[str, Any]]:
+    """Reports of the studies; each {"study", "views": [paths], "report", "findings", "stated", ("sources")};
+    with `out`, also OUT/reports.json (write_results)."""
     import dataclasses
 
     from medssl.report.labeler import NEGATIVE, label_report
@@ -97,6 +114,8 @@ def run_generate(run_path: str | Path, items: list[str], beam: int | None = None
     run_probe = Path(run_path)
     if not run_probe.exists():
         raise MedsslError(f"{run_probe}: no such report run")
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise MedsslError(f"--out {out}: exists and is not a folder")
     run: ReportRun = load_report_run(run_path)
     studies = gather(items, run.views)
     decoded = [decode_study(slots, run.preprocess) for _, slots in studies]
@@ -109,7 +128,48 @@ def run_generate(run_path: str | Path, items: list[str], beam: int | None = None
                         "report": o["report"], "findings": {k: round(v, 4) for k, v in o["findings"].items()},
                         "stated": {k: v for k, v in labels.items() if v != NEGATIVE},
                         **({"sources": o["sources"]} if "sources" in o else {})})
+    if out is not None:
+        write_results(Path(out), model_identity(run_path, run), results)
     return results
+
+
+REPORTS = "reports.json"
+
+
+def model_identity(run_path: str | Path, run: ReportRun) -> dict[str, str]:
+    """What names the model in a report's provenance: its run folder, method, the SHA-256 of its weights file
+    (first 16 hex digits) and medssl's version."""
+    import hashlib
+
+    from medssl import __version__
+    from medssl.checkpoint import resolve_checkpoint
+    from medssl.report.bundle import MODEL
+
+    p = Path(run_path)
+    f = resolve_checkpoint(p / MODEL if p.is_dir() and (p / MODEL).is_file() else p)
+    h = hashlib.sha256()
+    with open(f, "rb") as fh:
+        for chunk in iter(lambda: fh.read(2 ** 20), b""):
+            h.update(chunk)
+    digest = h.hexdigest()[:16]
+    return {"id": f"{run.method}:{digest}", "name": f"medssl {run.method} report generator {digest[:8]}",
+            "version": f"medssl {__version__}; weights sha256 {digest}", "method": run.method,
+            "run": p.resolve().name, "weights_sha256_16": digest}
+
+
+def write_results(out: Path, model: dict[str, str], results: list[dict[str, Any]]) -> Path:
+    """OUT/reports.json (atomically): the model's identity and the drafts, with absolute view paths."""
+    import json
+    import time
+
+    from medssl.files import atomic_file
+
+    doc = {"model": model, "draft": True, "notice": "Drafts for a radiologist's review; not diagnoses.",
+           "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+           "results": [{**r, "views": [str(Path(v).resolve()) for v in r["views"]]} for r in results]}
+    with atomic_file(out / REPORTS) as f:
+        f.write((json.dumps(doc, indent=2, default=float) + "\n").encode())
+    return out / REPORTS
 
 
 def result_lines(results: list[dict[str, Any]]) -> list[str]:

@@ -1,8 +1,9 @@
 """The web service of `medssl serve`: a FastAPI app over one loaded Engine.
 
 Routes: `GET /` (the page: drop an image, see it, the heat map, the findings and the draft reports),
-`GET /healthz`, `GET /v1/model`, `POST /v1/analyze` (multipart field `file`: a DICOM, PNG or JPEG), and FastAPI's
-`/openapi.json` and `/docs`. Inference runs in a bounded thread pool (`workers` threads, at most `queue` requests
+`GET /healthz`, `GET /v1/model`, `POST /v1/analyze` (multipart field `file`: a DICOM, PNG or JPEG), with a PACS
+(`medssl serve --pacs URL`) `POST /v1/studies/{study_uid}/analyze` (the study pulled into memory over DICOMweb, never
+to disk: pacs.pull.study_images), and FastAPI's `/openapi.json` and `/docs`. Inference runs in a bounded thread pool (`workers` threads, at most `queue` requests
 waiting: more get 503), so the event loop keeps answering and requests never share mutable state.
 
 Access: with a token (`--token-file` or MEDSSL_TOKEN), every route but `/healthz` and the page's static shell
@@ -28,7 +29,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from medssl.errors import MedsslError
+from medssl.errors import MedsslError, PacsError
 from medssl.serve.engine import Engine
 from medssl.serve.page import PAGE
 
@@ -43,9 +44,15 @@ def _error(status: int, message: str, request_id: str) -> JSONResponse:
                         status_code=status, headers={"X-Request-ID": request_id})
 
 
+# what a PACS failure answers: the study is not there (404), holds nothing to read (422), the PACS is down or
+# refuses medssl (502), or is too slow (504)
+PACS_STATUS = {"not_found": 404, "no_images": 422, "timeout": 504}
+
+
 def create_app(engine: Engine, token: str | None = None, max_bytes: int = 20 * 2 ** 20, workers: int = 2,
-               queue: int = 16) -> FastAPI:
-    """The FastAPI app; `token` None = no authentication (loopback only, which the CLI enforces)."""
+               queue: int = 16, pacs: Any = None) -> FastAPI:
+    """The FastAPI app; `token` None = no authentication (loopback only, which the CLI enforces); `pacs` a
+    pacs.client.Pacs for the study route."""
     app = FastAPI(title="medssl", version=str(engine.describe().get("medssl")),
                   description="Findings, draft reports and similar cases for a chest radiograph. Every answer is "
                               "a draft for a radiologist's review, not a diagnosis.")
@@ -103,7 +110,10 @@ def create_app(engine: Engine, token: str | None = None, max_bytes: int = 20 * 2
     @app.get("/v1/model")
     async def model() -> dict[str, Any]:
         """What is loaded, trained on what, and its test metrics."""
-        return engine.describe()
+        out = engine.describe()
+        if pacs is not None:
+            out["pacs"] = {"url": pacs.url, "auth": pacs.auth}
+        return out
 
     @app.post("/v1/analyze")
     async def analyze(request: Request, file: UploadFile = File(..., description="a DICOM, PNG or JPEG image"),
@@ -129,6 +139,34 @@ def create_app(engine: Engine, token: str | None = None, max_bytes: int = 20 * 2
             return _error(415, str(e).splitlines()[0], rid)
         finally:
             slots.release()
+        result["request_id"] = rid
+        return result
+
+    @app.post("/v1/studies/{study_uid}/analyze")
+    async def analyze_study(request: Request, study_uid: str, k: int = 5, heatmap: bool = True):
+        """A study of the PACS by its Study Instance UID: findings, heat map and similar cases of its frontal view,
+        draft reports from its views. Needs `medssl serve --pacs URL`."""
+        rid = request.state.rid
+        if pacs is None:
+            return _error(404, "no PACS: start the service with --pacs URL to analyse studies by UID", rid)
+        if not 1 <= k <= 50:
+            return _error(422, f"k={k}: must lie in 1..50", rid)
+        if not slots.acquire(blocking=False):
+            return _error(503, "busy: too many requests waiting; retry shortly", rid)
+        try:
+            from medssl.pacs.pull import study_images
+
+            def work() -> dict[str, Any]:
+                return engine.analyze_study(study_images(pacs, study_uid), k, heatmap)
+
+            result = await asyncio.get_running_loop().run_in_executor(pool, work)
+        except PacsError as e:
+            return _error(PACS_STATUS.get(e.kind, 502), str(e).splitlines()[0], rid)
+        except MedsslError as e:
+            return _error(422, str(e).splitlines()[0], rid)
+        finally:
+            slots.release()
+        result["study"] = {"uid": study_uid, **result.get("study", {})}
         result["request_id"] = rid
         return result
 

@@ -80,6 +80,29 @@ class Engine:
         """One image's findings, draft reports and similar cases; MedsslError (a 4xx) when it cannot be read."""
         t0 = time.perf_counter()
         pixels, meta = read_image_bytes(data, name)
+        out = self._analyze([(pixels, meta)], k, heatmap)
+        out["seconds"] = round(time.perf_counter() - t0, 4)
+        return out
+
+    def analyze_study(self, images: list[bytes], k: int = 5, heatmap: bool = True) -> dict[str, Any]:
+        """A study's images (a PACS's DICOMs): findings, heat map and similar cases of its first frontal view, the
+        draft reports from its frontal and lateral views together (as `medssl report generate` reads a study)."""
+        t0 = time.perf_counter()
+        decoded = [read_image_bytes(data, f"image {i + 1}") for i, data in enumerate(images)]
+        if not decoded:
+            raise MedsslError("the study holds no image")
+        from medssl.report.studies import is_lateral
+
+        frontal = [d for d in decoded if not is_lateral(d[1].get("view") or "")]
+        lateral = [d for d in decoded if is_lateral(d[1].get("view") or "")]
+        views = (frontal[:1] or lateral[:1]) + (lateral[:1] if frontal else lateral[1:2])
+        out = self._analyze(views, k, heatmap)
+        out["study"] = {"images": len(decoded), "views_used": [d[1].get("view") or "unknown" for d in views]}
+        out["seconds"] = round(time.perf_counter() - t0, 4)
+        return out
+
+    def _analyze(self, views: list[tuple[np.ndarray, dict]], k: int, heatmap: bool) -> dict[str, Any]:
+        pixels, meta = views[0]
         out: dict[str, Any] = {"draft": True, "notice": "Draft for a radiologist's review; not a diagnosis.",
                                "image": {"format": meta.get("format"), "width": int(pixels.shape[1]),
                                          "height": int(pixels.shape[0]), "view": meta.get("view"),
@@ -92,11 +115,12 @@ class Engine:
                 if part is not None:
                     x = part.preprocess.decode(pixels)
                     images = torch.zeros(1, part.views, *x.shape, dtype=torch.uint8)
-                    views = torch.zeros(1, part.views, dtype=torch.bool)
-                    images[0, 0], views[0, 0] = x, True
+                    have = torch.zeros(1, part.views, dtype=torch.bool)
+                    for slot, (p, _) in enumerate(views[:part.views]):
+                        images[0, slot], have[0, slot] = part.preprocess.decode(p), True
                     from medssl.report.bundle import write_reports
 
-                    r = write_reports(part, images, views)[0]
+                    r = write_reports(part, images, have)[0]
                     out[key] = {"method": part.method, "text": r["report"],
                                 "findings": {n: round(p, 4) for n, p in r["findings"].items()}}
                     if "sources" in r:
@@ -108,7 +132,6 @@ class Engine:
                 out["similar_cases"] = [{"rank": h["rank"], "score": round(h["score"], 4), "study": h["study"],
                                          "labels": h["labels"]}
                                         for h in hits(self.gallery.images, self.gallery.image_studies, q, k, "image")]
-        out["seconds"] = round(time.perf_counter() - t0, 4)
         return out
 
     def _findings(self, pixels: np.ndarray, heatmap: bool, out: dict[str, Any]) -> list[dict[str, Any]]:

@@ -50,7 +50,9 @@ def read_token(token_file: str | None) -> str | None:
 
 
 def run_serve(run: str, host: str = "127.0.0.1", port: int = 8000, token_file: str | None = None,
-              workers: int = 2, max_upload_mb: int = 20, threads: int | None = None) -> int:
+              workers: int = 2, max_upload_mb: int = 20, threads: int | None = None, pacs_url: str | None = None,
+              pacs_auth_file: str | None = None, pacs_ca_bundle: str | None = None,
+              pacs_timeout: float = 30.0) -> int:
     """Check, load, serve until interrupted."""
     if not 0 <= port <= 65535:
         raise MedsslError(f"--port {port}: must lie in 0..65535")
@@ -64,6 +66,11 @@ def run_serve(run: str, host: str = "127.0.0.1", port: int = 8000, token_file: s
                           f"(--token-file FILE or {TOKEN_ENV})")
     if not Path(run).exists():
         raise MedsslError(f"{run}: no such run folder or file")
+    pacs = None
+    if pacs_url:
+        from medssl.pacs.client import connect
+
+        pacs = connect(pacs_url, auth_file=pacs_auth_file, ca_bundle=pacs_ca_bundle, timeout=pacs_timeout)
     import torch
     import uvicorn
 
@@ -74,8 +81,10 @@ def run_serve(run: str, host: str = "127.0.0.1", port: int = 8000, token_file: s
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
     logging.getLogger("medssl.audit").setLevel(logging.INFO)
     engine = load_engine(run)
-    app = create_app(engine, token=token, max_bytes=max_upload_mb * 2 ** 20, workers=workers)
+    app = create_app(engine, token=token, max_bytes=max_upload_mb * 2 ** 20, workers=workers, pacs=pacs)
     parts = [k for k in ("classifier", "generator", "retrieval", "similar_cases") if k in engine.describe()]
+    if pacs is not None:
+        parts.append(f"studies of the PACS {pacs.url}")
     print(f"medssl serve: {', '.join(parts)} from {run}; http://{host}:{port}/ "
           f"({'token required' if token else 'no token: loopback only'})", file=sys.stderr, flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
