@@ -300,6 +300,25 @@ def test_serve_analyses_a_study_of_the_pacs_by_uid(loaded, serve_run, tmp_path):
         assert status == 422 and "no images" in body["error"]["message"]
         with urllib.request.urlopen(srv.url + "/v1/model", timeout=30) as r:
             assert json.loads(r.read())["pacs"]["url"] == server.url
+        if shutil.which("chromium") and shutil.which("chromedriver"):  # the page's way in: a study UID
+            from selenium.webdriver.common.by import By
+            from selenium.webdriver.support.ui import WebDriverWait
+            from test_page_browser import _driver
+
+            browser = _driver(tmp_path)
+            try:
+                browser.get(srv.url + "/")
+                browser.find_element(By.ID, "uid").send_keys(uid["chest"])
+                browser.find_element(By.CSS_SELECTOR, "#pacs button").click()
+                WebDriverWait(browser, 120).until(
+                    lambda b: b.execute_script("return document.body.dataset.state") == "done"
+                    or "Error" in b.find_element(By.ID, "status").text)
+                assert browser.find_element(By.ID, "status").text == ""
+                assert browser.find_element(By.ID, "report").text.strip() not in ("", "(none)")
+                assert browser.execute_script("return document.getElementById('image').naturalWidth") > 0
+                browser.save_screenshot(str(tmp_path / "page_pacs.png"))
+            finally:
+                browser.quit()
     finally:
         srv.stop()
     text = json.dumps(body) + (tmp_path / "serve.log").read_text()

@@ -100,7 +100,8 @@ def create_app(engine: Engine, token: str | None = None, max_bytes: int = 20 * 2
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> HTMLResponse:
-        return HTMLResponse(PAGE.replace("__AUTH__", "true" if expected is not None else "false"))
+        return HTMLResponse(PAGE.replace("__AUTH__", "true" if expected is not None else "false")
+                            .replace("__PACS__", "true" if pacs is not None else "false"))
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

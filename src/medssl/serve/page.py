@@ -2,7 +2,8 @@
 
 Self-contained (no script or style from elsewhere: hospital networks are often closed). It holds no data; with
 authentication on (__AUTH__ is replaced by true) it asks for the token once, keeps it in sessionStorage and sends
-it as a Bearer header with each call.
+it as a Bearer header with each call. With a PACS (__PACS__ replaced by true) a second way in: a Study Instance UID,
+analysed by POST v1/studies/UID/analyze.
 """
 
 PAGE = """<!doctype html>
@@ -31,6 +32,9 @@ not a diagnosis.</p></header>
 <div id="drop" tabindex="0"><strong>Drop a chest radiograph here</strong> (DICOM, PNG or JPEG), or click to choose a
 file.<input id="file" type="file" accept=".dcm,.dicom,.png,.jpg,.jpeg,application/dicom,image/png,image/jpeg"
 hidden></div>
+<form id="pacs" hidden style="margin-top:12px" class="card">Or a study of the PACS by its Study Instance UID:
+<input id="uid" size="56" placeholder="1.2.840.113619.2.55.3..." pattern="[0-9.]+" required>
+<button type="submit">Analyse study</button></form>
 <p id="status" class="muted"></p>
 <div id="result" hidden>
 <div class="banner" id="notice">DRAFT for a radiologist's review, not a diagnosis.</div>
@@ -52,7 +56,7 @@ hidden></div>
 </div>
 </main>
 <script>
-const AUTH = __AUTH__;
+const AUTH = __AUTH__, PACS = __PACS__;
 function token(){
   if(!AUTH) return null;
   let t = sessionStorage.getItem("medssl_token");
@@ -67,13 +71,16 @@ drop.ondragover = e => { e.preventDefault(); drop.classList.add("over"); };
 drop.ondragleave = () => drop.classList.remove("over");
 drop.ondrop = e => { e.preventDefault(); drop.classList.remove("over"); if(e.dataTransfer.files[0]) send(e.dataTransfer.files[0]); };
 input.onchange = () => { if(input.files[0]) send(input.files[0]); };
-async function send(file){
+const pacs = document.getElementById("pacs");
+pacs.hidden = !PACS;
+pacs.onsubmit = e => { e.preventDefault(); call("v1/studies/" + encodeURIComponent(document.getElementById("uid").value.trim()) + "/analyze", null, "Pulling the study from the PACS and analysing..."); };
+function send(file){ const form = new FormData(); form.append("file", file, "upload"); call("v1/analyze", form, "Analysing..."); }
+async function call(url, form, doing){
   const status = document.getElementById("status");
-  status.className = "muted"; status.textContent = "Analysing...";
-  const form = new FormData(); form.append("file", file, "upload");
+  status.className = "muted"; status.textContent = doing;
   const headers = {}; const t = token(); if(t) headers["Authorization"] = "Bearer " + t;
   let r;
-  try { r = await fetch("v1/analyze", {method: "POST", body: form, headers}); }
+  try { r = await fetch(url, {method: "POST", body: form, headers}); }
   catch(err){ status.className = "err"; status.textContent = "The service did not answer."; return; }
   const body = await r.json().catch(() => ({}));
   if(!r.ok){
