@@ -20,8 +20,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serve"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from orthanc import PASSWORD, USER, free_port, orthanc, orthanc_password, pydicom_data_file, pydicom_file  # noqa: E402,F401
-from serving import Server, serve_run  # noqa: E402,F401
+from orthanc import PASSWORD, USER, orthanc, orthanc_password, pydicom_data_file, pydicom_file  # noqa: E402,F401
+from serving import Server, free_port, serve_run  # noqa: E402,F401
 
 CHEST, CT, MR, PLAN = "RG1_J2KI.dcm", "CT_small.dcm", "MR_small.dcm", "rtplan.dcm"
 
@@ -192,6 +192,11 @@ def test_error_cases_are_one_line_and_exit_2(loaded, cli, tmp_path):
     msg = fails("pacs", "pull", "--url", "http://bob:hunter2@127.0.0.1:1/dicom-web", "--study", "1.2", "--out", out)
     assert "credentials in the URL" in msg and "hunter2" not in msg
     assert "no such folder" in fails("pacs", "push", tmp_path / "nowhere", "--url", server.url)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    code, o, e = cli("pacs", "pull", "--url", server.url, "--study", uid["chest"], "--out", other)
+    assert code == 2 and "holds other files" in e and sorted(p.name for p in other.iterdir()) == ["notes.txt"]
     drafts = tmp_path / "d"
     drafts.mkdir()
     assert "no reports.json" in fails("pacs", "push", drafts, "--url", server.url)
