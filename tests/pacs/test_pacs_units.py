@@ -93,3 +93,33 @@ def test_the_sr_codes_the_findings_it_states_and_keeps_the_study():
     assert codes == ["60046008"]  # effusion coded; support devices has no code here, stays in the text
     assert sr.SOPInstanceUID == draft_uids(src.StudyInstanceUID, model["id"], findings.ContentSequence[0].TextValue,
                                            [src.SOPInstanceUID])[1]
+
+
+def test_searches_page_on_only_when_the_answer_may_be_cut_and_stop_when_nothing_new_comes():
+    import logging
+
+    from medssl.pacs.client import Pacs
+    from medssl.pacs.pull import STUDY, search_all
+
+    items = [{STUDY: {"Value": [f"1.2.{i}"]}} for i in range(250)]
+    pacs = Pacs(client=None, url="http://127.0.0.1:1/dicom-web", timeout=1.0)
+    calls = []
+
+    def whole(limit=None, offset=0, **kw):  # answers everything at once; past the end, nothing
+        calls.append((limit, offset))
+        return items[offset:offset + limit] if limit else items
+
+    assert len(search_all(pacs, "x", whole, STUDY)) == 250 and len(calls) == 2
+
+    def ignores_offset(limit=None, offset=0, **kw):  # the same first page whatever the offset
+        return items[:120]
+
+    assert len(search_all(pacs, "x", ignores_offset, STUDY)) == 120
+
+    def capped(limit=None, offset=0, **kw):  # 50 at a time, with the standard's Warning header
+        if offset + 50 < len(items):
+            logging.getLogger("dicomweb_client").warning("299 remaining results")
+        return items[offset:offset + 50]
+
+    assert len(search_all(pacs, "x", capped, STUDY)) == 250
+    assert len(search_all(pacs, "x", lambda **kw: items[:3], STUDY)) == 3

@@ -104,23 +104,41 @@ def check_uid(uid: str, what: str = "--study") -> str:
     return uid
 
 
-PAGE = 500  # QIDO-RS results asked for at a time
+PAGE = 500  # QIDO-RS results asked for at a time after the first answer
+CAPPED = 100  # an answer this long may be a server's cap: ask for what follows
 
 
 def search_all(pacs: Pacs, what: str, search: Any, key: str, **kwargs: Any) -> list[dict]:
-    """Every result of a QIDO-RS search, page by page (limit / offset). dicomweb-client's get_remaining asks until
-    an empty page comes back, which never happens with a server that ignores offset (Orthanc 1.10's plugin on
-    some study-level filters): here a page shorter than the limit, or one that brings nothing new, ends it."""
-    results, seen, offset = [], set(), 0
-    while True:
+    """Every result of a QIDO-RS search. First asked without a limit; when the answer may have been cut by the
+    server (a Warning header, PS3.18 6.7.1.2, or CAPPED results or more), pages after it are asked by offset until
+    one brings nothing new. Paging from the start is not safe: Orthanc 1.10's plugin returns nothing past the first
+    page when a filter such as ModalitiesInStudy is applied, and dicomweb-client's get_remaining loops for ever on
+    a server that ignores offset."""
+    import logging
+
+    class Warned(logging.Handler):
+        seen = False
+
+        def emit(self, record: logging.LogRecord) -> None:
+            Warned.seen = True
+
+    log = logging.getLogger("dicomweb_client")
+    handler = Warned(logging.WARNING)
+    log.addHandler(handler)
+    try:
         with pacs_errors(pacs, what):
-            page = search(limit=PAGE, offset=offset, **kwargs)
-        new = [r for r in page if _value(r, key) not in seen]
-        seen.update(_value(r, key) for r in new)
-        results += new
-        if len(page) < PAGE or not new:
-            return results
-        offset += len(page)
+            page = search(**kwargs)
+        results, seen = list(page), {_value(r, key) for r in page}
+        while page and (len(page) >= CAPPED or Warned.seen):
+            Warned.seen = False
+            with pacs_errors(pacs, what):
+                page = search(limit=PAGE, offset=len(results), **kwargs)
+            page = [r for r in page if _value(r, key) not in seen]
+            seen.update(_value(r, key) for r in page)
+            results += page
+        return results
+    finally:
+        log.removeHandler(handler)
 
 
 def find_instances(pacs: Pacs, study: str | None, query: dict[str, str] | None) -> tuple[list[Instance], list[dict]]:
