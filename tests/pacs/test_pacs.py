@@ -238,11 +238,12 @@ def test_authentication_refused_and_accepted(orthanc_password, cli, tmp_path, mo
     assert code == 2 and "check the token" in e and "not-a-token" not in e
 
 
-class _Stall(http.server.BaseHTTPRequestHandler):
-    """A proxy to Orthanc that forwards searches and metadata whole but stops halfway through every image it
-    sends (headers and half the body, then silence): a transfer that breaks off mid-way."""
+class _Proxy(http.server.BaseHTTPRequestHandler):
+    """A proxy to Orthanc for GET requests. With `stall`, it forwards searches and metadata whole but stops halfway
+    through every image it sends (headers and half the body, then silence): a transfer that breaks off mid-way."""
 
     upstream = ""
+    stall = True
 
     def do_GET(self):  # noqa: N802
         req = urllib.request.Request(self.upstream + self.path,
@@ -253,7 +254,7 @@ class _Stall(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        if "/instances/" in self.path and not self.path.endswith("/metadata"):
+        if self.stall and "/instances/" in self.path and not self.path.endswith("/metadata"):
             self.wfile.write(body[: len(body) // 2])
             self.wfile.flush()
             time.sleep(6)
@@ -266,7 +267,7 @@ class _Stall(http.server.BaseHTTPRequestHandler):
 
 def test_a_timeout_mid_transfer_leaves_nothing_half_written(loaded, cli, tmp_path):
     server, uid = loaded
-    handler = type("Stall", (_Stall,), {"upstream": server.base})
+    handler = type("Stall", (_Proxy,), {"upstream": server.base})
     proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=proxy.serve_forever, daemon=True).start()
     try:
@@ -277,6 +278,40 @@ def test_a_timeout_mid_transfer_leaves_nothing_half_written(loaded, cli, tmp_pat
         assert code == 2 and "no answer within 1 s" in e and len(e.strip().splitlines()) == 1, e
         assert time.perf_counter() - t0 < 5
         assert not any(p.is_file() for p in out.rglob("*")), sorted(out.rglob("*"))  # no part file, no manifest
+    finally:
+        proxy.shutdown()
+
+
+def test_https_verifies_the_server_against_public_cas_or_a_ca_bundle(loaded, cli, tmp_path):
+    """Orthanc 1.10.1 of Debian 12 crashes (SIGSEGV) on its first HTTPS request with its SslEnabled option, so the
+    TLS end here is a Python proxy in front of it, with a self-signed certificate for 127.0.0.1 (openssl)."""
+    import ssl
+
+    server, uid = loaded
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    ca, key = tmp_path / "ca.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(ca),
+                    "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    handler = type("Forward", (_Proxy,), {"upstream": server.base, "stall": False})
+    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(ca, key)
+    proxy.socket = context.wrap_socket(proxy.socket, server_side=True)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        out = tmp_path / "p"
+        args = ("pacs", "pull", "--url", f"https://127.0.0.1:{proxy.server_port}/dicom-web", "--study", uid["ct"],
+                "--out", out, "--quiet")
+        code, o, e = cli(*args)
+        assert code == 2 and "TLS certificate is not trusted" in e and "--ca-bundle" in e, e
+        assert not out.exists() or not any(out.rglob("*.dcm"))
+        code, o, e = cli(*args, "--ca-bundle", ca)
+        assert code == 0, e
+        assert len(list(out.glob("*/*.dcm"))) == 1
+        code, o, e = cli(*args, "--ca-bundle", tmp_path / "missing.pem")
+        assert code == 2 and "no such file" in e
     finally:
         proxy.shutdown()
 

@@ -5,7 +5,7 @@ never logged or printed:
 - MEDSSL_PACS_TOKEN: a bearer token; or MEDSSL_PACS_USER with MEDSSL_PACS_PASSWORD: HTTP basic auth;
 - or a file (`--auth-file F`, or MEDSSL_PACS_AUTH_FILE) whose first line is `Bearer TOKEN` or `USER:PASSWORD`.
 A URL with credentials in it (`http://user:pw@host`) is refused. HTTPS verifies the server's certificate against
-the system's store, or a CA bundle (`--ca-bundle PEM` or MEDSSL_PACS_CA_BUNDLE) for a hospital's own CA.
+requests' public CA bundle (certifi), or a CA bundle (`--ca-bundle PEM` or MEDSSL_PACS_CA_BUNDLE) for a hospital's own CA.
 
 Every request has a timeout (connect and each read); a server that stops sending mid-transfer ends in a timeout,
 not a hang. `pacs_errors(pacs, what)` turns a failure of the transport or the server (refused connection,
