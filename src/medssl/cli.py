@@ -400,7 +400,7 @@ def cmd_pacs_pull(args: argparse.Namespace) -> int:
     """Studies from a PACS (QIDO-RS + WADO-RS) into a folder with a manifest."""
     from medssl.pacs.pull import run_pull
 
-    s = run_pull(_pacs(args), args.out, study=args.study, query=args.query, progress=not args.quiet)
+    s = run_pull(_pacs(args), args.out, study=args.study, query=args.query, progress=not args.quiet, jobs=args.jobs)
     p = s["this_pull"]
     rate = f", {p['images_per_s']} images/s" if p["images_per_s"] else ""
     print(f"pulled {p['fetched']} image(s) of {p['studies']} study(ies) into {args.out} ({p['already_here']} already "
@@ -767,6 +767,7 @@ examples:
     what.add_argument("--query", action="append", metavar="KEY=VALUE",
                       help="QIDO-RS study filter (DICOM keyword or tag; repeatable), e.g. StudyDate=20240101-")
     pull.add_argument("--out", required=True, help="folder to pull into (an earlier pull's folder goes on)")
+    pull.add_argument("--jobs", type=int, default=4, help="instances fetched at a time (default 4)")
     pull.set_defaults(func=cmd_pacs_pull)
     push = pacs.add_parser(
         "push", help="store draft reports (medssl report generate --out DIR) as DICOM Enhanced SR in their studies",

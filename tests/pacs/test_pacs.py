@@ -85,7 +85,8 @@ def test_round_trip_pull_generate_push_read_back(loaded, serve_run, cli, tmp_pat
     out = tmp_path / "pulled"
     code, o, e = cli("pacs", "pull", "--url", server.url, "--study", uid["chest"], "--out", out, "--quiet")
     assert code == 0, e
-    code, o2, e2 = cli("pacs", "pull", "--url", server.url, "--query", "ModalitiesInStudy=CT", "--out", out, "--quiet")
+    code, o2, e2 = cli("pacs", "pull", "--url", server.url, "--query", "ModalitiesInStudy=CT", "--out", out, "--quiet",
+                       "--jobs", "1")
     assert code == 0, e2
     pull = json.loads((out / "pull.json").read_text())
     assert sorted(pull["studies"]) == sorted([uid["chest"], uid["ct"]])
@@ -188,6 +189,8 @@ def test_error_cases_are_one_line_and_exit_2(loaded, cli, tmp_path):
                                        "--out", out)
     msg = fails("pacs", "pull", "--url", server.url, "--query", "PatientName=Doe^Secret", "--out", out)
     assert "Doe" not in msg and "***" in msg  # a patient's name typed into a query is never echoed
+    assert "must lie in 1..32" in fails("pacs", "pull", "--url", server.url, "--study", uid["chest"], "--out", out,
+                                        "--jobs", "0")
     assert "KEY=VALUE" in fails("pacs", "pull", "--url", server.url, "--query", "nonsense", "--out", out)
     msg = fails("pacs", "pull", "--url", "http://bob:hunter2@127.0.0.1:1/dicom-web", "--study", "1.2", "--out", out)
     assert "credentials in the URL" in msg and "hunter2" not in msg
