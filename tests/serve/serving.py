@@ -46,6 +46,16 @@ def serve_run(tmp_path_factory) -> Path:
     return run
 
 
+def stop_process(proc: subprocess.Popen) -> None:
+    """Terminate a server started by a test, kill it if it has not gone within 20 s, and reap it."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -77,11 +87,7 @@ class Server:
         raise RuntimeError("medssl serve did not answer within 120 s")
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        stop_process(self.proc)
         self._err.close()
 
 
