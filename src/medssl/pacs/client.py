@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -38,7 +38,6 @@ class Pacs:
     url: str  # without credentials
     timeout: float
     auth: str = "none"  # none | basic | bearer: said in messages, the secret never
-    meta: dict[str, Any] = field(default_factory=dict)
 
 
 def _bearer(token: str) -> Any:

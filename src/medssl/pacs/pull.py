@@ -42,8 +42,8 @@ REMOVED = ("OtherPatientIDs", "OtherPatientIDsSequence", "OtherPatientNames", "P
            "PatientMotherBirthName", "PatientAddress", "PatientTelephoneNumbers", "PatientBirthTime",
            "ResponsiblePerson", "PatientInsurancePlanCodeSequence", "MedicalRecordLocator", "MilitaryRank",
            "CountryOfResidence", "RegionOfResidence", "PatientTelecomInformation")
-QIDO_FIELDS = ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "Modality", "NumberOfFrames")
-SOP_CLASS, SOP_INSTANCE, SERIES, STUDY, MODALITY = "00080016", "00080018", "0020000E", "0020000D", "00080060"
+QIDO_FIELDS = ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID")  # what find_instances reads
+SOP_CLASS, SOP_INSTANCE, SERIES, STUDY = "00080016", "00080018", "0020000E", "0020000D"
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,8 @@ class Instance:
         return f"{self.study}/{self.sop}.dcm"
 
 
-def _value(item: dict, tag: str) -> str:
+def value_of(item: dict, tag: str) -> str:
+    """The first value of a tag in a DICOM JSON result (QIDO-RS), or ''."""
     v = (item.get(tag) or {}).get("Value") or [""]
     return str(v[0])
 
@@ -129,13 +130,13 @@ def search_all(pacs: Pacs, what: str, search: Any, key: str, **kwargs: Any) -> l
     try:
         with pacs_errors(pacs, what):
             page = search(**kwargs)
-        results, seen = list(page), {_value(r, key) for r in page}
+        results, seen = list(page), {value_of(r, key) for r in page}
         while page and (len(page) >= CAPPED or Warned.seen):
             Warned.seen = False
             with pacs_errors(pacs, what):
                 page = search(limit=PAGE, offset=len(results), **kwargs)
-            page = [r for r in page if _value(r, key) not in seen]
-            seen.update(_value(r, key) for r in page)
+            page = [r for r in page if value_of(r, key) not in seen]
+            seen.update(value_of(r, key) for r in page)
             results += page
         return results
     finally:
@@ -151,7 +152,7 @@ def find_instances(pacs: Pacs, study: str | None, query: dict[str, str] | None) 
     else:
         found = search_all(pacs, "searching for studies", c.search_for_studies, STUDY, search_filters=query,
                            fields=[STUDY])
-        studies = sorted({_value(s, STUDY) for s in found} - {""})
+        studies = sorted({value_of(s, STUDY) for s in found} - {""})
         if not studies:
             said = " ".join(f"{k}={v}" for k, v in shown(query).items())
             raise PacsError(f"PACS {pacs.url}: no study matches {said or 'the query'}", "not_found")
@@ -163,14 +164,14 @@ def find_instances(pacs: Pacs, study: str | None, query: dict[str, str] | None) 
             raise PacsError(f"PACS {pacs.url}: study {uid} not found (no instances)", "not_found")
         mine = []
         for it in items:
-            inst = Instance(uid, _value(it, SERIES), _value(it, SOP_INSTANCE), _value(it, SOP_CLASS))
+            inst = Instance(uid, value_of(it, SERIES), value_of(it, SOP_INSTANCE), value_of(it, SOP_CLASS))
             if not inst.series or not inst.sop:
                 raise MedsslError(f"PACS {pacs.url}: study {uid}: an instance without its series or SOP instance UID")
             (mine if is_image_class(inst.sop_class) else skipped).append(inst)
         if not mine:
             from pydicom.uid import UID
 
-            kinds = sorted({UID(_value(it, SOP_CLASS)).name if _value(it, SOP_CLASS) else "unknown SOP class"
+            kinds = sorted({UID(value_of(it, SOP_CLASS)).name if value_of(it, SOP_CLASS) else "unknown SOP class"
                             for it in items})
             raise PacsError(f"PACS {pacs.url}: study {uid} holds no images to pull ({len(items)} instance(s) of "
                             f"{', '.join(kinds)})", "no_images")
@@ -208,14 +209,19 @@ def fetch_instance(pacs: Pacs, inst: Instance) -> Any:
     return ds
 
 
-def _write(ds: Any, path: Path) -> int:
+def dicom_bytes(ds: Any) -> bytes:
+    """A dataset as the bytes of a DICOM file (preamble and file meta)."""
     from io import BytesIO
-
-    from medssl.files import atomic_file
 
     buf = BytesIO()
     ds.save_as(buf, enforce_file_format=True)
-    data = buf.getvalue()
+    return buf.getvalue()
+
+
+def _write(ds: Any, path: Path) -> int:
+    from medssl.files import atomic_file
+
+    data = dicom_bytes(ds)
     with atomic_file(path) as f:
         f.write(data)
     return len(data)
@@ -335,15 +341,8 @@ def study_folders(path: Path) -> list[Path]:
 def study_images(pacs: Pacs, study: str, limit: int = 16) -> list[bytes]:
     """A study's images fetched into memory (never to disk) as DICOM bytes, for `medssl serve --pacs`; at most
     `limit` (a radiograph study has a few views; a CT series is refused rather than read slice by slice)."""
-    from io import BytesIO
-
     images, _ = find_instances(pacs, check_uid(study, "study"), None)
     if len(images) > limit:
         raise PacsError(f"study {study}: {len(images)} images; the service reads studies of at most {limit} (a "
                         "radiograph's views); pull larger ones with `medssl pacs pull`", "no_images")
-    out = []
-    for inst in images:
-        buf = BytesIO()
-        fetch_instance(pacs, inst).save_as(buf, enforce_file_format=True)
-        out.append(buf.getvalue())
-    return out
+    return [dicom_bytes(fetch_instance(pacs, inst)) for inst in images]

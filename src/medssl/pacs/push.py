@@ -20,8 +20,9 @@ from typing import Any
 
 from medssl.errors import MedsslError
 from medssl.pacs.client import Pacs, pacs_errors
+from medssl.pacs.pull import SOP_INSTANCE, value_of
 
-REPORTS, PUSHED = "reports.json", "pushed.json"
+REPORTS, PUSHED = "reports.json", "pushed.json"  # REPORTS: written by report.generate_run.write_results
 
 
 def load_drafts(run_dir: str | Path) -> dict[str, Any]:
@@ -97,7 +98,7 @@ def _evidence(pacs: Pacs, uids: dict[str, str]) -> Any:
 def _stored(pacs: Pacs, study: str, sop: str) -> bool:
     with pacs_errors(pacs, f"looking for the draft {sop} in study {study}"):
         found = pacs.client.search_for_instances(study_instance_uid=study, search_filters={"SOPInstanceUID": sop})
-    return any((f.get("00080018") or {}).get("Value", [None])[0] == sop for f in found)
+    return any(value_of(f, SOP_INSTANCE) == sop for f in found)
 
 
 def positive_findings(draft: dict[str, Any]) -> list[str]:

@@ -72,19 +72,20 @@ def derived_uid(*parts: str) -> str:
     return "2.25." + str(uuid.uuid5(NAMESPACE, "\x00".join(parts)).int)
 
 
-
 def report_sr(text: str, positive: Sequence[str], evidence: Sequence[Any], model: dict[str, str]) -> Any:
     """The Enhanced SR of one study's draft. `positive`: the findings the text states as present; `evidence`:
     the source images' datasets (headers, one study); `model`: {"id", "name", "version"}."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
     from pydicom.sr.coding import Code
+
     study = str(evidence[0].StudyInstanceUID)
     series_uid, sop_uid = draft_uids(study, model["id"], text, [str(e.SOPInstanceUID) for e in evidence])
     rel = hd.sr.RelationshipTypeValues
     root = hd.sr.ContainerContentItem(name=Code("18748-4", "LN", "Diagnostic Imaging Report"))
     device = hd.sr.DeviceObserverIdentifyingAttributes(
-        uid=derived_uid("medssl-device", model["id"]), name="medssl", manufacturer_name="medssl", model_name=model["name"][:64])
+        uid=derived_uid("medssl-device", model["id"]), name="medssl", manufacturer_name="medssl",
+        model_name=model["name"][:64])
     items: list[Any] = list(hd.sr.ObserverContext(observer_type=codes.DCM.Device,
                                                   observer_identifying_attributes=device))
     items += list(hd.sr.AlgorithmIdentification(name=model["name"][:64], version=model["version"][:64]))

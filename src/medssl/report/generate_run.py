@@ -133,9 +133,6 @@ def run_generate(run_path: str | Path, items: list[str], beam: int | None = None
     return results
 
 
-REPORTS = "reports.json"
-
-
 def model_identity(run_path: str | Path, run: ReportRun) -> dict[str, str]:
     """What names the model in a report's provenance: its run folder, method, the SHA-256 of its weights file
     (first 16 hex digits) and medssl's version."""
@@ -163,6 +160,7 @@ def write_results(out: Path, model: dict[str, str], results: list[dict[str, Any]
     import time
 
     from medssl.files import atomic_file
+    from medssl.pacs.push import REPORTS
 
     doc = {"model": model, "draft": True, "notice": "Drafts for a radiologist's review; not diagnoses.",
            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -60,6 +60,20 @@ def create_app(engine: Engine, token: str | None = None, max_bytes: int = 20 * 2
     slots = threading.BoundedSemaphore(max(1, workers) + max(0, queue))
     expected = token.encode() if token else None
 
+    async def in_pool(rid: str, status_of: Any, work: Any, *args: Any) -> Any:
+        """work(*args) in the inference pool when a slot is free (else 503); its answer with the request id, or
+        a MedsslError as JSON with the status status_of(error) gives."""
+        if not slots.acquire(blocking=False):
+            return _error(503, "busy: too many requests waiting; retry shortly", rid)
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(pool, work, *args)
+        except MedsslError as e:
+            return _error(status_of(e), str(e).splitlines()[0], rid)
+        finally:
+            slots.release()
+        result["request_id"] = rid
+        return result
+
     @app.middleware("http")
     async def audit_and_auth(request: Request, call_next):
         rid = uuid.uuid4().hex[:16]
@@ -131,17 +145,7 @@ def create_app(engine: Engine, token: str | None = None, max_bytes: int = 20 * 2
             return _error(413, f"upload larger than {max_bytes // 2 ** 20} MB", rid)
         if not data:
             return _error(400, "empty upload", rid)
-        if not slots.acquire(blocking=False):
-            return _error(503, "busy: too many requests waiting; retry shortly", rid)
-        try:
-            loop = asyncio.get_running_loop()
-            result = await loop.run_in_executor(pool, engine.analyze, data, "upload", k, heatmap)
-        except MedsslError as e:
-            return _error(415, str(e).splitlines()[0], rid)
-        finally:
-            slots.release()
-        result["request_id"] = rid
-        return result
+        return await in_pool(rid, lambda e: 415, engine.analyze, data, "upload", k, heatmap)
 
     @app.post("/v1/studies/{study_uid}/analyze")
     async def analyze_study(request: Request, study_uid: str, k: int = 5, heatmap: bool = True):
@@ -152,24 +156,14 @@ def create_app(engine: Engine, token: str | None = None, max_bytes: int = 20 * 2
             return _error(404, "no PACS: start the service with --pacs URL to analyse studies by UID", rid)
         if not 1 <= k <= 50:
             return _error(422, f"k={k}: must lie in 1..50", rid)
-        if not slots.acquire(blocking=False):
-            return _error(503, "busy: too many requests waiting; retry shortly", rid)
-        try:
-            from medssl.pacs.pull import study_images
+        from medssl.pacs.pull import study_images
 
-            def work() -> dict[str, Any]:
-                return engine.analyze_study(study_images(pacs, study_uid), k, heatmap)
+        def work() -> dict[str, Any]:
+            result = engine.analyze_study(study_images(pacs, study_uid), k, heatmap)
+            result["study"] = {"uid": study_uid, **result.get("study", {})}
+            return result
 
-            result = await asyncio.get_running_loop().run_in_executor(pool, work)
-        except PacsError as e:
-            return _error(PACS_STATUS.get(e.kind, 502), str(e).splitlines()[0], rid)
-        except MedsslError as e:
-            return _error(422, str(e).splitlines()[0], rid)
-        finally:
-            slots.release()
-        result["study"] = {"uid": study_uid, **result.get("study", {})}
-        result["request_id"] = rid
-        return result
+        return await in_pool(rid, lambda e: PACS_STATUS.get(e.kind, 502) if isinstance(e, PacsError) else 422, work)
 
     app.state.pool = pool
     return app

@@ -113,11 +113,11 @@ class Engine:
                 out["findings"] = self._findings(pixels, heatmap, out)
             for key, part in (("report", self.generator), ("retrieval_report", self.retrieval)):
                 if part is not None:
-                    x = part.preprocess.decode(pixels)
-                    images = torch.zeros(1, part.views, *x.shape, dtype=torch.uint8)
+                    decoded = [part.preprocess.decode(p) for p, _ in views[:part.views]]
+                    images = torch.zeros(1, part.views, *decoded[0].shape, dtype=torch.uint8)
                     have = torch.zeros(1, part.views, dtype=torch.bool)
-                    for slot, (p, _) in enumerate(views[:part.views]):
-                        images[0, slot], have[0, slot] = part.preprocess.decode(p), True
+                    for slot, x in enumerate(decoded):
+                        images[0, slot], have[0, slot] = x, True
                     from medssl.report.bundle import write_reports
 
                     r = write_reports(part, images, have)[0]
